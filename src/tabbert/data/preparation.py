@@ -1,0 +1,190 @@
+"""From a raw table to a prepared dataset: split, fit the tokenizer, encode, order, window, write."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
+from tabbert.data.schema import ENTITY, ROW, TIME, Table
+from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.data.windows import (
+    SPLIT_METHODS,
+    SPLITS,
+    assign_by_time,
+    assign_entities,
+    assign_random,
+    split_fractions,
+    time_cutoffs,
+    window_labels,
+    window_starts,
+)
+from tabbert.errors import DataError, TabbertError
+
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def source_digest(path: str | Path) -> str:
+    """SHA-256 over the bytes of a file, or of every file of a folder in name order."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def prepare(
+    source: str,
+    input: str | Path,
+    out: str | Path,
+    *,
+    schema: str | Path | None = None,
+    seq_len: int = 10,
+    stride: int = 5,
+    split: str = "entity",
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    cutoffs: tuple[str, str] | None = None,
+    seed: int = 0,
+    **reader_options,
+) -> PreparedDataset:
+    """Read ``input`` with the ``source`` reader and write the prepared dataset to ``out``.
+
+    ``split`` is ``entity`` (default: each entity's windows in one split, no leakage), ``time``
+    (by the time of a window's newest row; ``cutoffs`` are the ISO dates where validation and
+    test begin, else row-time quantiles of ``fractions``) or ``random`` (the reference protocol:
+    windows shuffled into splits; overlapping windows of one entity leak across splits).
+    """
+    if split not in SPLIT_METHODS:
+        raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_METHODS}")
+    split_fractions(fractions)
+    if seq_len < 1 or stride < 1:
+        raise TabbertError(f"--seq-len and --stride must be >= 1 (got {seq_len}, {stride})")
+    out = Path(out)
+    check_output_dir(out)
+    if not Path(input).exists():
+        raise DataError(input, "input not found")
+    from tabbert.data.sources import read_source
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(source_digest, input)
+        started = time.perf_counter()
+        table = read_source(source, input, schema=schema, **reader_options)
+        source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": round(time.perf_counter() - started, 3)}
+        return prepare_table(
+            table, out, seq_len=seq_len, stride=stride, split=split, fractions=fractions, cutoffs=cutoffs,
+            seed=seed, source_info=source_info, digest=digest, started=started,
+        )
+
+
+def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: int = 5, split: str = "entity",
+                  fractions=DEFAULT_FRACTIONS, cutoffs=None, seed: int = 0, source_info: dict | None = None,
+                  digest=None, started: float | None = None) -> PreparedDataset:
+    """Prepare an already-read :class:`Table` (see :func:`prepare` for the options)."""
+    started = time.perf_counter() if started is None else started
+    if split not in SPLIT_METHODS:
+        raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_METHODS}")
+    split_fractions(fractions)
+    check_output_dir(Path(out))
+    arrays, tokenizer, entities, meta = _prepare_table(table, seq_len, stride, split, fractions, cutoffs, seed)
+    meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
+    if digest is not None:
+        meta["source"]["sha256"] = digest.result()
+    meta["seconds"] = {"total": round(time.perf_counter() - started, 3)}
+    return write_prepared(out, arrays, tokenizer, entities, meta)
+
+
+def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, seed):
+    frame, schema = table.frame, table.schema
+    if frame.height == 0:
+        raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
+    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
+    entity_sorted = frame.get_column(ENTITY).gather(order)
+    starts_of_entity = np.flatnonzero((entity_sorted != entity_sorted.shift(1)).fill_null(True).to_numpy())
+    entity_offsets = np.append(starts_of_entity, frame.height).astype(np.int64)
+    entities = entity_sorted.gather(starts_of_entity).cast(pl.String).to_list()
+    lengths = np.diff(entity_offsets)
+    times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
+
+    split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
+    if split == "entity":
+        entity_split = assign_entities(len(entities), fractions, seed)
+        fit_rows = order[np.repeat(entity_split, lengths) == 0]
+    elif split == "time":
+        bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
+        split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
+        fit_rows = order[times < bounds[0]]
+    else:
+        fit_rows = order
+    if fit_rows.size == 0:
+        raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
+    tokenizer = TabularTokenizer.fit(frame[np.sort(fit_rows)], schema)
+    tokens = tokenizer.encode(frame)[order]
+
+    starts, window_entity = window_starts(entity_offsets, seq_len, stride)
+    if split == "entity":
+        window_split = entity_split[window_entity]
+    elif split == "time":
+        window_split = assign_by_time(times[starts + seq_len - 1], bounds)
+    else:
+        window_split = assign_random(starts.size, fractions, seed)
+
+    arrays = {
+        "tokens": tokens,
+        "entity_offsets": entity_offsets,
+        "times": times,
+        "row_ids": frame.get_column(ROW).to_numpy()[order].astype(np.int64),
+    }
+    label_stats: dict = {}
+    if schema.task == "classification" and schema.labels:
+        labels = frame.get_column(schema.labels[0]).to_numpy()[order].astype(np.int8)
+        arrays["labels"] = labels
+        label_stats["positive_rows"] = int(labels.sum())
+        label_stats["positive_windows"] = {}
+    elif schema.task == "regression":
+        targets = frame.select(schema.labels).to_numpy()[order].astype(np.float32)
+        arrays["targets"] = targets
+    windows = {}
+    for index, name in enumerate(SPLITS):
+        chosen = np.sort(starts[window_split == index])
+        arrays[f"windows_{name}"] = chosen
+        windows[name] = int(chosen.size)
+        if "positive_windows" in label_stats:
+            label_stats["positive_windows"][name] = int(window_labels(labels, chosen, seq_len).sum())
+
+    short = lengths < seq_len
+    meta = {
+        "task": schema.task,
+        "labels": list(schema.labels),
+        "seq_len": seq_len,
+        "stride": stride,
+        "split": split_info,
+        "rows_in": table.rows_in,
+        "rows_kept": frame.height,
+        "dropped": dict(table.dropped),
+        "entities": len(entities),
+        "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
+        "tokenizer_rows": int(fit_rows.size),
+        "fields": tokenizer.field_names,
+        "windows": windows,
+        **label_stats,
+    }
+    if table.rows_in != frame.height + sum(table.dropped.values()):
+        raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
+    return arrays, tokenizer, entities, meta
+
+
+def _parse_cutoffs(cutoffs) -> tuple[int, int]:
+    try:
+        bounds = tuple(int(np.datetime64(value, "us").astype(np.int64)) for value in cutoffs)
+    except ValueError as exc:
+        raise TabbertError(f"cannot parse split cutoffs {cutoffs}: {exc}") from exc
+    if len(bounds) != 2 or bounds[0] > bounds[1]:
+        raise TabbertError(f"--cutoffs needs two dates, validation start <= test start, got {cutoffs}")
+    return bounds

@@ -1,0 +1,153 @@
+"""The on-disk prepared dataset: token matrix, entity offsets, labels, windows and metadata.
+
+Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)::
+
+    tokens.npy           int32 [n_rows, n_fields]  rows in entity-then-time order
+    entity_offsets.npy   int64 [n_entities + 1]    where each entity's rows start
+    labels.npy           int8  [n_rows]            classification label per row, or
+    targets.npy          float32 [n_rows, n_targets]  regression targets per row
+    times.npy            int64 [n_rows]            row time, microseconds since the epoch
+    row_ids.npy          int64 [n_rows]            row number in the source
+    windows_<split>.npy  int64 [n_windows]         start row of each window of a split
+    entities.json        entity keys, in matrix order
+    tokenizer.json       the fitted TabularTokenizer
+    meta.json            schema, counts, dropped rows and why, split, source hash (written last)
+
+The directory is written under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tabbert.data.tokenizer import TabularTokenizer, write_json_atomic
+from tabbert.data.windows import SPLITS, window_labels, window_targets
+from tabbert.errors import ArtifactError, TabbertError
+
+FORMAT_VERSION = 1
+
+
+class PreparedDataset:
+    """Read access to a prepared dataset directory; arrays are memory-mapped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise ArtifactError(f"{self.path}: not a prepared dataset (no meta.json; run `tabbert prepare`)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise ArtifactError(f"{meta_path}: unreadable ({exc})") from exc
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{meta_path}: unsupported dataset format {self.meta.get('format_version')!r}")
+        self.tokenizer = TabularTokenizer.load(self.path / "tokenizer.json")
+        self.tokens = self._array("tokens", mmap=True)
+        self.entity_offsets = self._array("entity_offsets")
+        if self.tokens.ndim != 2 or self.tokens.shape[1] != len(self.tokenizer.fields):
+            raise ArtifactError(f"{self.path}: tokens.npy does not match tokenizer.json")
+        if self.entity_offsets[-1] != self.tokens.shape[0]:
+            raise ArtifactError(f"{self.path}: entity_offsets.npy does not match tokens.npy")
+
+    def _array(self, name: str, mmap: bool = False) -> np.ndarray:
+        file = self.path / f"{name}.npy"
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing from the prepared dataset")
+        try:
+            return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except ValueError as exc:
+            raise ArtifactError(f"{file}: unreadable ({exc})") from exc
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+    @property
+    def task(self) -> str:
+        return self.tokenizer.schema.task
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @cached_property
+    def labels(self) -> np.ndarray | None:
+        return self._array("labels", mmap=True) if self.task == "classification" else None
+
+    @cached_property
+    def targets(self) -> np.ndarray | None:
+        return self._array("targets", mmap=True) if self.task == "regression" else None
+
+    @cached_property
+    def times(self) -> np.ndarray:
+        return self._array("times", mmap=True)
+
+    @cached_property
+    def row_ids(self) -> np.ndarray:
+        return self._array("row_ids", mmap=True)
+
+    @cached_property
+    def entities(self) -> list[str]:
+        return json.loads((self.path / "entities.json").read_text())
+
+    # ------------------------------------------------------------------ windows
+    def windows(self, split: str) -> np.ndarray:
+        """Start rows of the windows of ``split`` (train, val or test)."""
+        if split not in SPLITS:
+            raise TabbertError(f"unknown split {split!r}; choose from {SPLITS}")
+        return self._array(f"windows_{split}")
+
+    def window_tokens(self, starts: np.ndarray) -> np.ndarray:
+        """Token ids ``[n, seq_len, n_fields]`` of the windows starting at ``starts``."""
+        rows = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(self.seq_len)
+        return np.asarray(self.tokens[rows.ravel()]).reshape(len(rows), self.seq_len, -1)
+
+    def window_labels(self, starts: np.ndarray, mode: str = "any") -> np.ndarray:
+        if self.labels is None:
+            raise TabbertError(f"{self.path}: a regression dataset has no class labels")
+        return window_labels(self.labels, starts, self.seq_len, mode)
+
+    def window_targets(self, starts: np.ndarray, mode: str = "last") -> np.ndarray:
+        if self.targets is None:
+            raise TabbertError(f"{self.path}: a classification dataset has no regression targets")
+        return window_targets(self.targets, starts, self.seq_len, mode)
+
+    def __repr__(self) -> str:
+        counts = self.meta.get("windows", {})
+        return f"PreparedDataset({str(self.path)!r}, rows={self.n_rows}, fields={self.tokens.shape[1]}, windows={counts})"
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to write into an existing, non-empty directory (or onto a file)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TabbertError(f"{out}: output directory exists and is not empty; choose a new --out or remove it")
+
+
+def write_prepared(out: str | Path, arrays: dict[str, np.ndarray], tokenizer: TabularTokenizer,
+                   entities: list[str], meta: dict) -> PreparedDataset:
+    """Write every part into a temporary sibling directory, then rename it to ``out``."""
+    out = Path(out)
+    check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        tokenizer.save(staging / "tokenizer.json")
+        write_json_atomic(staging / "entities.json", entities)
+        write_json_atomic(staging / "meta.json", {"format_version": FORMAT_VERSION, **meta})
+        if out.exists():
+            out.rmdir()
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PreparedDataset(out)

@@ -1,0 +1,208 @@
+"""What a column is: entity id, time, categorical or numeric input field, label or target.
+
+Every reader in :mod:`tabbert.data.sources` returns a :class:`Table`: a Polars frame whose
+columns follow one normalized layout, plus the :class:`TableSchema` that describes it.
+
+Normalized layout
+-----------------
+``_row``      source row number (0-based, data rows only), UInt64
+``_entity``   entity key (card holder, station ...), String
+``_time``     row timestamp, Datetime("us")
+input fields  one column per :class:`FieldSpec`: String for categorical, Float64 for numeric
+labels        one column per label/target: Int8 (0/1) for classification, Float64 for regression
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from tabbert.errors import TabbertError
+
+ROW = "_row"
+ENTITY = "_entity"
+TIME = "_time"
+RESERVED_COLUMNS = (ROW, ENTITY, TIME)
+
+FieldKind = Literal["categorical", "numeric"]
+Task = Literal["classification", "regression"]
+TIME_FEATURES = ("timestamp", "hour", "weekday", "gap")
+
+
+class SchemaError(TabbertError):
+    """A schema that cannot describe the data it is applied to."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One input field. Numeric fields are cut into ``n_bins`` quantile bins."""
+
+    name: str
+    kind: FieldKind
+    n_bins: int = 10
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("categorical", "numeric"):
+            raise SchemaError(f"field {self.name!r}: kind must be 'categorical' or 'numeric', got {self.kind!r}")
+        if self.n_bins < 1 or self.min_count < 1:
+            raise SchemaError(f"field {self.name!r}: n_bins and min_count must be >= 1")
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The fields a table offers to the tokenizer and the labels it carries.
+
+    ``time_features`` are derived from ``_time`` by the tokenizer: ``timestamp`` (absolute time
+    in ``time_bins`` quantile bins, the reference encoding), ``hour`` (hour of day), ``weekday``
+    and ``gap`` (seconds since the entity's previous row, in ``time_bins`` log-spaced quantile bins).
+    """
+
+    fields: tuple[FieldSpec, ...]
+    labels: tuple[str, ...] = ()
+    task: Task = "classification"
+    time_features: tuple[str, ...] = ("hour", "weekday", "gap")
+    time_bins: int = 10
+    source: str = "generic"
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise SchemaError(f"duplicate field names in {names}")
+        if not names and not self.time_features:
+            raise SchemaError("a schema needs at least one input field")
+        overlap = set(names) & set(self.labels)
+        if overlap:
+            raise SchemaError(f"label columns cannot be input fields: {sorted(overlap)}")
+        reserved = set(names) & set(RESERVED_COLUMNS)
+        if reserved:
+            raise SchemaError(f"column names {sorted(reserved)} are reserved")
+        unknown = set(self.time_features) - set(TIME_FEATURES)
+        if unknown:
+            raise SchemaError(f"unknown time features {sorted(unknown)}; choose from {TIME_FEATURES}")
+        if self.task not in ("classification", "regression"):
+            raise SchemaError(f"task must be 'classification' or 'regression', got {self.task!r}")
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TableSchema:
+        data = dict(data)
+        data["fields"] = tuple(FieldSpec(**f) for f in data.get("fields", ()))
+        for key in ("labels", "time_features"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass
+class Table:
+    """A source read into the normalized layout, with what was dropped on the way."""
+
+    frame: pl.DataFrame
+    schema: TableSchema
+    path: str
+    rows_in: int
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.frame.height
+
+
+@dataclass(frozen=True)
+class GenericSchemaFile:
+    """The user-facing schema file of the ``generic`` source (JSON or YAML).
+
+    Example (YAML)::
+
+        entity: station            # one column, or a list joined into one key
+        time: [year, month, day, hour]   # one datetime/date/epoch column, or parts
+        categorical: [wd]
+        numeric: {TEMP: 50, PRES: 50}     # a list, or a mapping name -> number of bins
+        labels: [PM2.5]
+        task: regression
+        time_features: [timestamp]
+    """
+
+    entity: tuple[str, ...]
+    time: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    numeric: dict[str, int] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    task: Task = "classification"
+    time_features: tuple[str, ...] = ("hour", "weekday", "gap")
+    time_bins: int = 10
+    time_format: str | None = None
+    positive_values: tuple[str, ...] = ("1", "yes", "true", "y")
+    min_count: int = 1
+
+    @classmethod
+    def load(cls, path: str | Path) -> GenericSchemaFile:
+        path = Path(path)
+        if not path.is_file():
+            raise SchemaError(f"{path}: schema file not found")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                raw = yaml.safe_load(text)
+            else:
+                raw = json.loads(text)
+        except Exception as exc:  # parser errors differ between JSON and YAML
+            raise SchemaError(f"{path}: cannot parse schema: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise SchemaError(f"{path}: a schema must be a mapping")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - allowed
+        if unknown:
+            raise SchemaError(f"{path}: unknown schema keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        for key in ("entity", "time"):
+            if key not in raw:
+                raise SchemaError(f"{path}: schema needs the key {key!r}")
+        default_bins = int(raw.get("time_bins", 10))
+
+        def as_tuple(value) -> tuple[str, ...]:
+            if value is None:
+                return ()
+            return (str(value),) if isinstance(value, (str, int)) else tuple(str(v) for v in value)
+
+        numeric = raw.get("numeric") or {}
+        if not isinstance(numeric, dict):
+            numeric = {str(name): default_bins for name in numeric}
+        return cls(
+            entity=as_tuple(raw["entity"]),
+            time=as_tuple(raw["time"]),
+            categorical=as_tuple(raw.get("categorical")),
+            numeric={str(k): int(v) for k, v in numeric.items()},
+            labels=as_tuple(raw.get("labels")),
+            task=raw.get("task", "classification"),
+            time_features=as_tuple(raw.get("time_features", ("hour", "weekday", "gap"))),
+            time_bins=default_bins,
+            time_format=raw.get("time_format"),
+            positive_values=tuple(v.lower() for v in as_tuple(raw.get("positive_values", cls.positive_values))),
+            min_count=int(raw.get("min_count", 1)),
+        )
+
+    def table_schema(self) -> TableSchema:
+        fields = [FieldSpec(name, "categorical", min_count=self.min_count) for name in self.categorical]
+        fields += [FieldSpec(name, "numeric", n_bins=bins) for name, bins in self.numeric.items()]
+        return TableSchema(
+            fields=tuple(fields),
+            labels=self.labels,
+            task=self.task,
+            time_features=self.time_features,
+            time_bins=self.time_bins,
+            source="generic",
+        )

@@ -1,0 +1,88 @@
+"""Windows over the prepared token matrix: their index, labels and train/val/test splits.
+
+A window is ``seq_len`` consecutive rows of one entity, stored only as its start row in the
+entity-then-time ordered matrix. Windows start every ``stride`` rows; when the last stride does
+not reach an entity's newest row, one more window ending there is added, so every row of an
+entity with at least ``seq_len`` rows lies in some window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tabbert.errors import TabbertError
+
+SPLITS = ("train", "val", "test")
+SPLIT_METHODS = ("entity", "time", "random")
+
+
+def window_starts(entity_offsets: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start rows of all windows and the entity index of each, entity by entity."""
+    if seq_len < 1 or stride < 1:
+        raise TabbertError(f"seq_len and stride must be >= 1 (got {seq_len}, {stride})")
+    offsets = np.asarray(entity_offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    span = lengths - seq_len
+    eligible = span >= 0
+    regular = np.where(eligible, span // stride + 1, 0)
+    ragged = eligible & (span % stride != 0)
+    counts = regular + ragged
+    entity = np.repeat(np.arange(lengths.size), counts)
+    first_of_entity = np.cumsum(counts) - counts
+    position = np.arange(entity.size) - first_of_entity[entity]
+    local_start = np.minimum(position * stride, span[entity])
+    return offsets[entity] + local_start, entity
+
+
+def window_labels(row_labels: np.ndarray, starts: np.ndarray, seq_len: int, mode: str = "any") -> np.ndarray:
+    """Window labels from row labels: ``any`` row positive (the paper) or the ``last`` row's."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if mode == "last":
+        return np.asarray(row_labels)[starts + seq_len - 1].astype(np.int64)
+    if mode == "any":
+        positives = np.concatenate([[0], np.cumsum(np.asarray(row_labels) > 0, dtype=np.int64)])
+        return (positives[starts + seq_len] - positives[starts] > 0).astype(np.int64)
+    raise TabbertError(f"label mode must be 'any' or 'last', got {mode!r}")
+
+
+def window_targets(row_targets: np.ndarray, starts: np.ndarray, seq_len: int, mode: str = "last") -> np.ndarray:
+    """Regression targets of windows: the ``last`` row's ``[n, T]`` or ``all`` rows' ``[n, L, T]``."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if mode == "last":
+        return np.asarray(row_targets)[starts + seq_len - 1]
+    if mode == "all":
+        return np.asarray(row_targets)[starts[:, None] + np.arange(seq_len)]
+    raise TabbertError(f"target mode must be 'last' or 'all', got {mode!r}")
+
+
+def split_fractions(fractions: tuple[float, float, float]) -> np.ndarray:
+    values = np.asarray(fractions, dtype=np.float64)
+    if values.shape != (3,) or (values < 0).any() or not np.isclose(values.sum(), 1.0):
+        raise TabbertError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    return values
+
+
+def assign_entities(n_entities: int, fractions, seed: int) -> np.ndarray:
+    """Split id (0 train, 1 val, 2 test) per entity, from a seeded permutation."""
+    cut = np.round(np.cumsum(split_fractions(fractions)) * n_entities).astype(np.int64)
+    order = np.random.default_rng(seed).permutation(n_entities)
+    split = np.empty(n_entities, dtype=np.int8)
+    split[order] = np.searchsorted(cut, np.arange(n_entities), side="right").astype(np.int8)
+    return split
+
+
+def assign_random(n_windows: int, fractions, seed: int) -> np.ndarray:
+    """Split id per window, at random (the reference protocol; overlapping windows leak)."""
+    return assign_entities(n_windows, fractions, seed)
+
+
+def time_cutoffs(row_times: np.ndarray, fractions) -> tuple[int, int]:
+    """Times at which validation and test periods begin, from row-time quantiles."""
+    train, val, _ = split_fractions(fractions)
+    q = np.quantile(np.asarray(row_times), [train, train + val], method="lower")
+    return int(q[0]), int(q[1])
+
+
+def assign_by_time(window_end_times: np.ndarray, cutoffs: tuple[int, int]) -> np.ndarray:
+    """Split id per window from the time of its newest row: train < val start <= val < test start."""
+    return np.searchsorted(np.asarray(cutoffs), np.asarray(window_end_times), side="right").astype(np.int8)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny normalized tables and the location of the shared real data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}; place ../shared/data beside the project to run this test")
+    return path
+
+
+def make_table(entity_lengths: dict[str, int], positives: dict[str, list[int]] | None = None) -> Table:
+    """A hand-made table: entities with the given row counts, hourly rows, one label per row."""
+    rows = []
+    for entity, length in entity_lengths.items():
+        for i in range(length):
+            rows.append({
+                ENTITY: entity,
+                TIME: dt.datetime(2020, 1, 1) + dt.timedelta(hours=i),
+                "shop": f"s{i % 3}",
+                "amount": float(i),
+                "fraud": int(i in (positives or {}).get(entity, [])),
+            })
+    frame = pl.DataFrame(rows).with_row_index(ROW).with_columns(
+        pl.col(ROW).cast(pl.UInt64), pl.col("fraud").cast(pl.Int8)
+    )
+    schema = TableSchema(
+        fields=(FieldSpec("shop", "categorical"), FieldSpec("amount", "numeric", n_bins=4)),
+        labels=("fraud",),
+    )
+    # shuffle so that preparation has to order the rows itself
+    frame = frame.sample(fraction=1.0, shuffle=True, seed=3)
+    return Table(frame=frame, schema=schema, path="hand-made", rows_in=frame.height)
+
+
+@pytest.fixture
+def three_entity_table() -> Table:
+    return make_table({"a": 23, "b": 10, "c": 7}, positives={"a": [12], "b": [0]})

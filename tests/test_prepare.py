@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_table
+from tabbert.data.prepared import PreparedDataset
+from tabbert.data.preparation import prepare_table
+from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.errors import ArtifactError, DataError, TabbertError
+
+
+def test_three_entity_table_windows_and_labels(tmp_path, three_entity_table):
+    data = prepare_table(three_entity_table, tmp_path / "ds", seq_len=10, stride=5, split="random", seed=0)
+    assert data.entities == ["a", "b", "c"]
+    assert data.entity_offsets.tolist() == [0, 23, 33, 40]
+    # rows are ordered by entity then time, whatever the input order
+    assert np.all(np.diff(data.times[:23]) > 0)
+    starts = np.sort(np.concatenate([data.windows(s) for s in ("train", "val", "test")]))
+    assert starts.tolist() == [0, 5, 10, 13, 23]  # c (7 rows) is shorter than a window
+    # a's fraud row 12 lies in windows 5 and 10 (13 starts after it); b's row 0 in b's only window
+    assert data.window_labels(starts).tolist() == [0, 1, 1, 0, 1]
+    assert data.window_labels(starts, "last").tolist() == [0, 0, 0, 0, 0]
+    assert data.meta["short_entities"] == {"count": 1, "rows": 7}
+    assert data.meta["rows_in"] == data.meta["rows_kept"] == 40
+    assert data.meta["positive_rows"] == 2
+    window = data.window_tokens(np.array([13]))
+    np.testing.assert_array_equal(window[0], data.tokens[13:23])
+
+
+def test_entity_split_is_disjoint_and_tokenizer_sees_train_only(tmp_path):
+    table = make_table({f"e{i}": 12 + i for i in range(30)})
+    data = prepare_table(table, tmp_path / "ds", split="entity", seed=4)
+    owner = np.searchsorted(data.entity_offsets, np.arange(data.n_rows), side="right") - 1
+    seen = [set(owner[data.windows(s)]) for s in ("train", "val", "test")]
+    assert seen[0] and seen[1] and seen[2]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    train_entities = sorted({data.entities[i] for i in seen[0]})
+    train_rows = sum(12 + int(e[1:]) for e in train_entities)
+    # entities too short for any window still belong to a split; the tokenizer rows are a subset
+    assert data.meta["tokenizer_rows"] >= train_rows
+    assert data.meta["tokenizer_rows"] < data.n_rows
+
+
+def test_time_split_orders_windows_by_time(tmp_path):
+    table = make_table({f"e{i}": 40 for i in range(5)})
+    data = prepare_table(table, tmp_path / "ds", split="time", stride=2)
+    last = {s: data.times[data.windows(s) + data.seq_len - 1] for s in ("train", "val", "test")}
+    assert last["train"].max() < last["val"].min() <= last["val"].max() < last["test"].min()
+
+
+def test_same_seed_same_dataset(tmp_path, three_entity_table):
+    one = prepare_table(three_entity_table, tmp_path / "one", split="random", seed=7)
+    two = prepare_table(three_entity_table, tmp_path / "two", split="random", seed=7)
+    np.testing.assert_array_equal(one.tokens, two.tokens)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(one.windows(split), two.windows(split))
+
+
+def test_refuses_non_empty_output_dir(tmp_path, three_entity_table):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(TabbertError, match="not empty"):
+        prepare_table(three_entity_table, out)
+
+
+def test_failed_prepare_leaves_nothing_a_later_step_accepts(tmp_path, three_entity_table, monkeypatch):
+    import tabbert.data.prepared as prepared
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prepared.TabularTokenizer, "save", crash)
+    with pytest.raises(OSError):
+        prepare_table(three_entity_table, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ArtifactError, match="not a prepared dataset"):
+        PreparedDataset(tmp_path)
+
+
+def test_empty_table_is_a_clear_error(tmp_path):
+    table = make_table({"a": 3})
+    table.frame = table.frame.clear()
+    with pytest.raises(DataError, match="no rows left"):
+        prepare_table(table, tmp_path / "ds")
+
+
+def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
+    data = prepare_table(three_entity_table, tmp_path / "ds")
+    names = sorted(p.name for p in data.path.iterdir())
+    assert names == sorted([
+        "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "times.npy",
+        "tokenizer.json", "tokens.npy", "windows_test.npy", "windows_train.npy", "windows_val.npy",
+    ])
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert meta["fields"] == TabularTokenizer.load(data.path).field_names
+    assert np.load(data.path / "tokens.npy", mmap_mode="r").dtype == np.int32

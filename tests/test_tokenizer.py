@@ -1,0 +1,138 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
+from tabbert.data.tokenizer import (
+    FIELD_MISSING,
+    FIELD_UNK,
+    N_FIELD_SPECIALS,
+    SPECIAL_TOKENS,
+    TabularTokenizer,
+    quantile_edges,
+)
+from tabbert.errors import ArtifactError
+
+SCHEMA = TableSchema(
+    fields=(FieldSpec("shop", "categorical", min_count=1), FieldSpec("amount", "numeric", n_bins=5)),
+    time_features=("timestamp", "hour", "weekday", "gap"),
+)
+
+
+def frame_of(shops, amounts, hours=None, entities=None) -> pl.DataFrame:
+    n = len(shops)
+    hours = hours if hours is not None else list(range(n))
+    return pl.DataFrame({
+        ROW: np.arange(n, dtype=np.uint64),
+        ENTITY: entities or ["e"] * n,
+        TIME: [dt.datetime(2021, 3, 1) + dt.timedelta(hours=h) for h in hours],
+        "shop": pl.Series(shops, dtype=pl.String),
+        "amount": pl.Series(amounts, dtype=pl.Float64),
+    })
+
+
+def test_bin_edges_on_known_data():
+    edges = quantile_edges(np.arange(101, dtype=float), 4)
+    np.testing.assert_allclose(edges, [0, 25, 50, 75, 100])
+    # repeated values collapse duplicate edges instead of making empty bins
+    assert quantile_edges(np.array([0.0] * 90 + [1.0] * 10), 10).tolist() == [0.0, 1.0]
+
+
+def test_numeric_bins_and_specials():
+    frame = frame_of(["a"] * 101, list(map(float, range(101))))
+    tok = TabularTokenizer.fit(frame, SCHEMA)
+    amount = tok.fields[1]
+    assert amount.edges == [0, 20, 40, 60, 80, 100]
+    probe = frame_of(["a", "a", "a", "a", "a"], [-5.0, 0.0, 19.99, 20.0, None])
+    local = tok.encode(probe)[:, 1] - amount.offset
+    # below the minimum -> first bin; an edge opens the next bin; null -> [MISSING]
+    assert local.tolist() == [2, 2, 2, 3, FIELD_MISSING]
+    assert tok.decode(tok.encode(probe))["amount"].to_list()[:2] == ["[0, 20)", "[0, 20)"]
+
+
+def test_categorical_vocabulary_by_frequency_min_count_and_unk():
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2),), time_features=())
+    frame = frame_of(["b", "a", "a", "c", "b", "a", None], [0.0] * 7)
+    tok = TabularTokenizer.fit(frame, schema)
+    assert tok.fields[0].values == ["a", "b"]  # c seen once: below min_count
+    ids = tok.encode(frame_of(["a", "b", "c", "never", None], [0.0] * 5))[:, 0] - tok.fields[0].offset
+    assert ids.tolist() == [2, 3, FIELD_UNK, FIELD_UNK, FIELD_MISSING]
+
+
+def test_id_ranges_are_disjoint_and_cover_vocab():
+    tok = TabularTokenizer.fit(frame_of(list("abcab"), [1.0, 2, 3, 4, 5]), SCHEMA)
+    assert tok.field_offsets[0] == len(SPECIAL_TOKENS)
+    ends = [o + s for o, s in zip(tok.field_offsets, tok.field_vocab_sizes)]
+    assert tok.field_offsets[1:] == ends[:-1]
+    assert ends[-1] == tok.vocab_size
+    assert tok.field_names == ["shop", "amount", "time.timestamp", "time.hour", "time.weekday", "time.gap"]
+
+
+def test_time_features():
+    frame = frame_of(["a", "a", "a"], [1.0, 2.0, 3.0], hours=[0, 5, 30], entities=["x", "y", "x"])
+    tok = TabularTokenizer.fit(frame, SCHEMA)
+    decoded = tok.decode(tok.encode(frame))
+    assert decoded["time.hour"].to_list() == ["00h", "05h", "06h"]
+    assert decoded["time.weekday"].to_list() == ["Mon", "Mon", "Tue"]  # 2021-03-01 was a Monday
+    gap = tok.encode(frame)[:, 5] - tok.fields[5].offset
+    # first row of each entity has no previous row; x's second row is 30 h after its first
+    assert gap[0] == FIELD_MISSING and gap[1] == FIELD_MISSING and gap[2] >= N_FIELD_SPECIALS
+
+
+def test_gap_does_not_depend_on_row_order():
+    frame = frame_of(["a"] * 6, [1.0] * 6, hours=[0, 1, 3, 7, 8, 20], entities=list("xyxyxy"))
+    tok = TabularTokenizer.fit(frame, SCHEMA)
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
+    by_row = dict(zip(frame[ROW].to_list(), tok.encode(frame)[:, 5]))
+    assert [by_row[r] for r in shuffled[ROW].to_list()] == tok.encode(shuffled)[:, 5].tolist()
+
+
+def test_save_load_round_trip(tmp_path):
+    frame = frame_of(list("abcabca"), [1.0, 5, 2, 8, 3, 9, 4])
+    tok = TabularTokenizer.fit(frame, SCHEMA)
+    path = tok.save(tmp_path)
+    loaded = TabularTokenizer.load(path)
+    assert loaded.fingerprint() == tok.fingerprint()
+    np.testing.assert_array_equal(loaded.encode(frame), tok.encode(frame))
+
+
+def test_load_refuses_corrupt_file(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not a valid tokenizer"):
+        TabularTokenizer.load(tmp_path)
+    with pytest.raises(ArtifactError, match="not found"):
+        TabularTokenizer.load(tmp_path / "missing.json")
+
+
+def test_label_column_is_never_a_field():
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), labels=("fraud",), time_features=())
+    frame = frame_of(["a"], [1.0]).with_columns(fraud=pl.lit(1))
+    assert TabularTokenizer.fit(frame, schema).field_names == ["shop"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shops=st.lists(st.sampled_from(["alpha", "beta", "gamma", "δ", ""]), min_size=1, max_size=40),
+    amounts=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40),
+)
+def test_round_trip_property(shops, amounts):
+    n = min(len(shops), len(amounts))
+    frame = frame_of(shops[:n], amounts[:n])
+    tok = TabularTokenizer.fit(frame, SCHEMA)
+    ids = tok.encode(frame)
+    decoded = tok.decode(ids)
+    # categories come back exactly
+    assert decoded["shop"].to_list() == shops[:n]
+    # every number lies in the range its bin decodes to
+    edges = np.asarray(tok.fields[1].edges)
+    local = ids[:, 1] - tok.fields[1].offset - N_FIELD_SPECIALS
+    lo = edges[np.minimum(local, len(edges) - 1)]
+    hi = edges[np.minimum(local + 1, len(edges) - 1)]
+    values = np.asarray(amounts[:n])
+    assert np.all((values >= lo) & (values <= hi))
+    # encoding is a function of the decoded tokens: decode(encode) is stable
+    assert tok.decode(ids).equals(decoded)

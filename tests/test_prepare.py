@@ -92,8 +92,12 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     names = sorted(p.name for p in data.path.iterdir())
     assert names == sorted([
         "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "times.npy",
-        "tokenizer.json", "tokens.npy", "windows_test.npy", "windows_train.npy", "windows_val.npy",
+        "tokenizer.json", "tokens.npy", "values.npy", "windows_test.npy", "windows_train.npy", "windows_val.npy",
     ])
     meta = json.loads((data.path / "meta.json").read_text())
     assert meta["fields"] == TabularTokenizer.load(data.path).field_names
     assert np.load(data.path / "tokens.npy", mmap_mode="r").dtype == np.int32
+    assert meta["value_columns"] == ["amount", "gap_seconds"]
+    # raw amounts in entity-then-time order; the gap is NaN on each entity's first row
+    np.testing.assert_array_equal(data.values[:23, 0], np.arange(23))
+    assert np.isnan(data.values[[0, 23, 33], 1]).all() and data.values[1, 1] == 3600

@@ -12,7 +12,7 @@ import polars as pl
 
 from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
 from tabbert.data.schema import ENTITY, ROW, TIME, Table
-from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.data.tokenizer import TabularTokenizer, with_time_features
 from tabbert.data.windows import (
     SPLIT_METHODS,
     SPLITS,
@@ -104,28 +104,37 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     frame, schema = table.frame, table.schema
     if frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
-    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
+    # stable: rows of one entity at the same time keep their source order
+    order = frame.select(pl.arg_sort_by([ENTITY, TIME], maintain_order=True)).to_series().to_numpy()
     entity_sorted = frame.get_column(ENTITY).gather(order)
     starts_of_entity = np.flatnonzero((entity_sorted != entity_sorted.shift(1)).fill_null(True).to_numpy())
     entity_offsets = np.append(starts_of_entity, frame.height).astype(np.int64)
     entities = entity_sorted.gather(starts_of_entity).cast(pl.String).to_list()
     lengths = np.diff(entity_offsets)
     times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
+    gap_seconds = np.empty(frame.height, dtype=np.float64)
+    gap_seconds[1:] = np.diff(times) / 1e6
+    gap_seconds[entity_offsets[:-1]] = np.nan
+    frame = with_time_features(frame, schema.time_features, order, gap_seconds)
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
-        fit_rows = order[np.repeat(entity_split, lengths) == 0]
+        train_sorted = np.repeat(entity_split, lengths) == 0
     elif split == "time":
         bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
         split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
-        fit_rows = order[times < bounds[0]]
+        train_sorted = times < bounds[0]
     else:
-        fit_rows = order
-    if fit_rows.size == 0:
+        train_sorted = np.ones(frame.height, dtype=bool)
+    train_rows = np.empty(frame.height, dtype=bool)
+    train_rows[order] = train_sorted
+    if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
-    tokenizer = TabularTokenizer.fit(frame[np.sort(fit_rows)], schema)
-    tokens = tokenizer.encode(frame)[order]
+    tokenizer = TabularTokenizer.fit(frame, schema, rows=train_rows)
+    tokens = np.empty((frame.height, len(tokenizer.fields)), dtype=np.int32)
+    for j in range(len(tokenizer.fields)):
+        tokens[:, j] = tokenizer.encode_field(frame, j)[order]
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":
@@ -135,8 +144,13 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     else:
         window_split = assign_random(starts.size, fractions, seed)
 
+    value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
+    values = np.column_stack(
+        [frame.get_column(c).cast(pl.Float32).to_numpy()[order] for c in value_columns] + [gap_seconds]
+    )
     arrays = {
         "tokens": tokens,
+        "values": values.astype(np.float32),
         "entity_offsets": entity_offsets,
         "times": times,
         "row_ids": frame.get_column(ROW).to_numpy()[order].astype(np.int64),
@@ -170,8 +184,9 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         "dropped": dict(table.dropped),
         "entities": len(entities),
         "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
-        "tokenizer_rows": int(fit_rows.size),
+        "tokenizer_rows": int(train_rows.sum()),
         "fields": tokenizer.field_names,
+        "value_columns": [*value_columns, "gap_seconds"],
         "windows": windows,
         **label_stats,
     }

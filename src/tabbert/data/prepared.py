@@ -6,6 +6,7 @@ Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)
     entity_offsets.npy   int64 [n_entities + 1]    where each entity's rows start
     labels.npy           int8  [n_rows]            classification label per row, or
     targets.npy          float32 [n_rows, n_targets]  regression targets per row
+    values.npy           float32 [n_rows, n_values] raw numeric fields and the gap in seconds (NaN: none)
     times.npy            int64 [n_rows]            row time, microseconds since the epoch
     row_ids.npy          int64 [n_rows]            row number in the source
     windows_<split>.npy  int64 [n_windows]         start row of each window of a split
@@ -85,6 +86,11 @@ class PreparedDataset:
     @cached_property
     def targets(self) -> np.ndarray | None:
         return self._array("targets", mmap=True) if self.task == "regression" else None
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """Unbinned numeric fields, columns named by ``meta["value_columns"]``."""
+        return self._array("values", mmap=True)
 
     @cached_property
     def times(self) -> np.ndarray:

@@ -2,24 +2,29 @@
 
 Sources
 -------
-``card``     IBM's synthetic card transactions (``card_transaction.v1.csv`` or any slice of it),
-             as CSV, gzip-compressed CSV or Parquet: :func:`read_card`.
-``prsa``     the twelve hourly station files of the UCI Beijing multi-site air-quality data
-             (a folder, one file or a list of files): :func:`read_prsa`.
-``generic``  any CSV or Parquet file (or folder of them) described by a schema file, see
-             :class:`~tabbert.data.schema.GenericSchemaFile`: :func:`read_generic`.
+``card``     IBM's synthetic card transactions (``card_transaction.v1.csv`` or a slice of it) as
+             CSV, gzip-compressed CSV or Parquet: :func:`read_card`.
+``prsa``     the twelve hourly station files of the UCI Beijing multi-site air-quality data:
+             :func:`read_prsa`.
+``generic``  any CSV or Parquet data described by a schema file (see
+             :class:`~tabbert.data.schema.GenericSchemaFile`): :func:`read_generic`.
+
+A path is a file, a list of files, or a folder standing for its matching files sorted by name.
+An empty text value is a missing value everywhere.
 
 How reading works
 -----------------
-Each reader builds one lazy Polars query over the raw file. CSV values are read as text (types
-are never guessed from the first rows) and parsed with vectorized expressions; every strict rule
-is a boolean "bad" expression evaluated in the same pass, so raw text is never kept. Only when a
-rule fires is the source scanned again to report the first offending row: the error names the
-file, the column, the 1-based data row (header excluded) and the value. Rows stay in source
-order; ``_row`` numbers them from 0 across all files read, in reading order. Rows a reader drops
-(missing values in PRSA, missing labels in generic sources) are counted per reason in
-:attr:`Table.dropped`, each row under the first missing column, so
-``rows_in == rows_kept + sum(dropped.values())``.
+Each reader builds one lazy Polars query over the raw files and collects it once with the
+streaming engine. CSV values are read as text (types are never guessed from the first rows) and
+parsed with vectorized expressions. Every strict rule is a boolean "bad" expression evaluated in
+the same pass, so raw text is not kept. Only when a rule fires are the files scanned again to
+report the first offending row: the error names the file, the column, the 1-based data row
+(header excluded) and the value.
+
+Rows stay in source order; ``_row`` numbers them from 0 across all files read, in reading order.
+Rows a reader drops (missing values in PRSA, missing labels in generic sources) are counted in
+:attr:`Table.dropped` under ``"missing <column>"``, each row under its first missing column in
+file order, so ``rows_in == rows_kept + sum(dropped.values())``.
 """
 
 from __future__ import annotations
@@ -27,34 +32,27 @@ from __future__ import annotations
 import csv
 import gzip
 import inspect
-import io
 import os
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 import polars as pl
 
-from tabbert.data.schema import (
-    ENTITY,
-    ROW,
-    TIME,
-    FieldSpec,
-    GenericSchemaFile,
-    SchemaError,
-    Table,
-    TableSchema,
-)
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, GenericSchemaFile, SchemaError, Table, TableSchema
 from tabbert.errors import DataError, TabbertError
 
 PathLike = str | os.PathLike
 Sources = PathLike | Sequence[PathLike]
+Scan = Callable[[Sequence[Path]], pl.LazyFrame]
 
 CARD_COLUMNS = (
     "User", "Card", "Year", "Month", "Day", "Time", "Amount", "Use Chip", "Merchant Name",
     "Merchant City", "Merchant State", "Zip", "MCC", "Errors?", "Is Fraud?",
+)  # fmt: skip
+CARD_FIELDS = (
+    "Card", "Amount", "Use Chip", "Merchant Name", "Merchant City", "Merchant State", "Zip", "MCC", "Errors?",
 )  # fmt: skip
 CARD_USE_CHIP = ("Swipe Transaction", "Chip Transaction", "Online Transaction")
 CARD_LABEL = "Is Fraud?"
@@ -63,20 +61,21 @@ PRSA_COLUMNS = (
     "No", "year", "month", "day", "hour", "PM2.5", "PM10", "SO2", "NO2", "CO", "O3", "TEMP",
     "PRES", "DEWP", "RAIN", "wd", "WSPM", "station",
 )  # fmt: skip
+PRSA_FIELDS = ("SO2", "NO2", "CO", "O3", "TEMP", "PRES", "DEWP", "RAIN", "wd", "WSPM")
 PRSA_TARGETS = ("PM2.5", "PM10")
-PRSA_NUMERIC = ("SO2", "NO2", "CO", "O3", "TEMP", "PRES", "DEWP", "RAIN", "WSPM")
 PRSA_BINS = 50
 
 GENERIC_NULL_VALUES = ("NA", "N/A", "NaN", "null")
 NEGATIVE_VALUES = ("0", "no", "false", "n")
+DATA_FILE_PATTERNS = ("*.csv", "*.csv.gz", "*.parquet")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
-_BAD = "__bad"
-_DROP = "__drop"
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-_MONEY = r"^\$?-?[0-9]+(\.[0-9]+)?$"
 _CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 _INTEGER = r"^-?[0-9]+$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_BAD = "__bad"
+_FILE = "__file"
+_DROP = "__drop"
 
 
 @dataclass(frozen=True)
@@ -88,119 +87,433 @@ class _Check:
     expected: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Query:
-    """What a reader asks of the raw rows: output columns, strict rules, droppable columns."""
+    """What a reader asks of the raw rows.
 
-    values: dict[str, pl.Expr]
-    checks: list[_Check]
+    ``parsed`` columns are computed first (each once, however often it is used), then the output
+    ``values`` and the strict ``checks``, both from raw and parsed columns. A row missing a value
+    in one of the ``drop_if_missing`` output columns is dropped and counted.
+    """
+
+    parsed: dict[str, pl.Expr] = field(default_factory=dict)
+    values: dict[str, pl.Expr] = field(default_factory=dict)
+    checks: list[_Check] = field(default_factory=list)
     drop_if_missing: tuple[str, ...] = ()
+
+    def parse(self, expr: pl.Expr) -> pl.Expr:
+        """Compute ``expr`` once, ahead of values and checks; return a reference to the result."""
+        name = f"__parsed{len(self.parsed)}"
+        self.parsed[name] = expr
+        return pl.col(name)
+
+    def check(self, column: str, bad: pl.Expr, expected: str) -> None:
+        self.checks.append(_Check(column, bad, expected))
 
 
 # ---------------------------------------------------------------------------------------------
-# Public readers
+# Readers
 
 
-def read_card(path: PathLike, *, time_features: Sequence[str] = ("hour", "weekday", "gap")) -> Table:
+def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday", "gap")) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
 
-    Entity is ``User``; ``_time`` comes from Year/Month/Day and Time ("HH:MM"). Input fields are
-    Card, Amount (numeric, parsed from "$134.09"), Use Chip, Merchant Name, Merchant City,
-    Merchant State, Zip ("91750.0" becomes "91750"), MCC and Errors?; the label is ``Is Fraud?``.
-    Empty Merchant State, Zip and Errors? are missing values. Every other bad value is an error:
-    no row is dropped.
+    The entity is ``User``; ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
+    fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
+    Merchant City, Merchant State, Zip ("91750.0" becomes "91750"), MCC and Errors?. The label
+    is ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State,
+    Zip and Errors? empty); User, Card, MCC must be integers, and any bad value in a column that
+    is parsed is an error, so no row is ever dropped.
     """
-    files = _source_files(path, pattern=None)
+    files = _source_files(path, DATA_FILE_PATTERNS)
     for file in files:
-        _require_columns(file, CARD_COLUMNS)
-    user, card, mcc = (pl.col(name) for name in ("User", "Card", "MCC"))
-    time_text, amount, chip, fraud = (pl.col(name) for name in ("Time", "Amount", "Use Chip", CARD_LABEL))
-    timestamp, time_checks = _datetime_from_parts(
-        [
-            ("Year", _integer("Year")),
-            ("Month", _integer("Month")),
-            ("Day", _integer("Day")),
-            ("Time", time_text.str.slice(0, 2).cast(pl.Int64, strict=False)),
-            ("Time", time_text.str.slice(3, 2).cast(pl.Int64, strict=False)),
-        ]
-    )
-    query = _Query(
-        values={
-            ENTITY: user,
-            TIME: timestamp,
-            "Card": card,
-            "Amount": amount.str.strip_prefix("$").cast(pl.Float64, strict=False),
-            "Use Chip": chip,
-            "Merchant Name": _text("Merchant Name"),
-            "Merchant City": _text("Merchant City"),
-            "Merchant State": _text("Merchant State"),
-            "Zip": _text("Zip").str.strip_suffix(".0"),
-            "MCC": mcc,
-            "Errors?": _text("Errors?"),
-            CARD_LABEL: (fraud == "Yes").cast(pl.Int8),
-        },
-        checks=[
-            _Check("User", _integer("User").is_null(), "an integer user id"),
-            _Check("Card", _integer("Card").is_null(), "an integer card number"),
-            _Check("Time", ~time_text.str.contains(_CLOCK).fill_null(False), "a time HH:MM (00:00 to 23:59)"),
-            *time_checks,
-            _Check("Amount", ~amount.str.contains(_MONEY).fill_null(False), "an amount of money like $134.09"),
-            _Check("Use Chip", ~chip.is_in(CARD_USE_CHIP).fill_null(False), f"one of {list(CARD_USE_CHIP)}"),
-            _Check("MCC", _integer("MCC").is_null(), "an integer merchant category code"),
-            _Check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No"),
-        ],
-    )
-    frame, rows_in, dropped = _run(path, files, _scanner(as_text=True), query)
-    fields = tuple(
-        FieldSpec(name, "numeric" if name == "Amount" else "categorical")
-        for name in ("Card", "Amount", "Use Chip", "Merchant Name", "Merchant City", "Merchant State", "Zip", "MCC", "Errors?")
-    )
+        _require_exact_columns(file, CARD_COLUMNS)
+    query = _Query()
+    for name, what in (("User", "an integer user id"), ("Card", "an integer card number")):
+        query.check(name, _integer(name).is_null(), what)
+    midnight = _datetime_from_parts(query, [(name, _integer(name, pl.Int32)) for name in ("Year", "Month", "Day")])
+    clock = pl.col("Time")
+    query.check("Time", ~clock.str.contains(_CLOCK).fill_null(False), "a time HH:MM from 00:00 to 23:59")
+    hour, minute = (clock.str.slice(start, 2).cast(pl.Int32, strict=False) for start in (0, 3))
+    timestamp = midnight + pl.duration(hours=hour, minutes=minute)
+    amount = query.parse(pl.col("Amount").str.strip_prefix("$").cast(pl.Float64, strict=False))
+    query.check("Amount", ~amount.is_finite().fill_null(False), "an amount of money like $134.09")
+    chip, fraud = pl.col("Use Chip"), pl.col(CARD_LABEL)
+    query.check("Use Chip", ~chip.is_in(CARD_USE_CHIP).fill_null(False), f"one of {list(CARD_USE_CHIP)}")
+    query.check("MCC", _integer("MCC").is_null(), "an integer merchant category code")
+    query.check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No")
+    query.values = {
+        ENTITY: pl.col("User"),
+        TIME: timestamp,
+        "Card": pl.col("Card"),
+        "Amount": amount,
+        "Use Chip": chip,
+        "Merchant Name": pl.col("Merchant Name"),
+        "Merchant City": pl.col("Merchant City"),
+        "Merchant State": pl.col("Merchant State"),
+        "Zip": pl.col("Zip").str.strip_suffix(".0"),
+        "MCC": pl.col("MCC"),
+        "Errors?": pl.col("Errors?"),
+        CARD_LABEL: (fraud == "Yes").cast(pl.Int8),
+    }
+    frame, rows_in, dropped = _run(_describe(path), files, _scanner(as_text=True), query)
     schema = TableSchema(
-        fields=fields,
+        fields=tuple(FieldSpec(name, "numeric" if name == "Amount" else "categorical") for name in CARD_FIELDS),
         labels=(CARD_LABEL,),
         task="classification",
         time_features=tuple(time_features),
         time_bins=10,
         source="card",
     )
-    return Table(frame, schema, str(path), rows_in, dropped)
+    return Table(frame, schema, _describe(path), rows_in, dropped)
 
 
 def read_prsa(path: Sources, *, keep_missing: bool = False) -> Table:
-    """Read the UCI PRSA station files: a folder (every ``PRSA_Data_*.csv``), a file or a list.
+    """Read the UCI PRSA station files: a folder (its ``PRSA_Data_*.csv``), one file or a list.
 
-    Entity is the station; ``_time`` comes from year/month/day/hour. Inputs are the numeric
-    SO2, NO2, CO, O3, TEMP, PRES, DEWP, RAIN and WSPM (50 bins each) and the wind direction
-    ``wd``; PM2.5 and PM10 are regression targets. "NA" marks a missing value. By default a row
-    with any missing value is dropped; with ``keep_missing`` only rows missing a target are.
+    The entity is ``station``; ``_time`` comes from year, month, day and hour. Input fields:
+    SO2, NO2, CO, O3, TEMP, PRES, DEWP, RAIN, WSPM (numeric, 50 bins each) and the wind
+    direction ``wd``; PM2.5 and PM10 are regression targets, never inputs. "NA" marks a missing
+    value. By default a row with any missing value is dropped; with ``keep_missing`` only a row
+    missing a target is, and missing inputs stay missing (null).
     """
-    files = _source_files(path, pattern="PRSA_Data_*.csv")
+    files = _source_files(path, ("PRSA_Data_*.csv",))
     for file in files:
-        _require_columns(file, PRSA_COLUMNS)
-    timestamp, time_checks = _datetime_from_parts([(name, _integer(name)) for name in ("year", "month", "day", "hour")])
-    station = pl.col("station")
-    numeric = {name: _number(name) for name in (*PRSA_TARGETS, *PRSA_NUMERIC)}
-    values = {ENTITY: station, TIME: timestamp}
-    values |= {name: numeric[name][0] if name != "wd" else _text("wd") for name in PRSA_COLUMNS if name in (*numeric, "wd")}
-    inputs = tuple(name for name in PRSA_COLUMNS if name in (*PRSA_NUMERIC, "wd"))
-    query = _Query(
-        values={**values},
-        checks=[
-            *time_checks,
-            *(numeric[name][1] for name in PRSA_COLUMNS if name in numeric),
-            _Check("station", station.is_null(), "a station name"),
-        ],
-        drop_if_missing=PRSA_TARGETS if keep_missing else (*PRSA_TARGETS, *inputs),
-    )
-    frame, rows_in, dropped = _run(path, files, _scanner(null_values="NA"), query)
-    fields = tuple(FieldSpec(name, "categorical") if name == "wd" else FieldSpec(name, "numeric", n_bins=PRSA_BINS) for name in inputs)
+        _require_exact_columns(file, PRSA_COLUMNS)
+    query = _Query()
+    parts = [(name, _integer(name, pl.Int32)) for name in ("year", "month", "day", "hour")]
+    timestamp = _datetime_from_parts(query, parts)
+    query.values = {ENTITY: pl.col("station"), TIME: timestamp}
+    for name in (*PRSA_FIELDS, *PRSA_TARGETS):
+        query.values[name] = pl.col(name) if name == "wd" else _number(query, name)
+    query.check("station", pl.col("station").is_null(), "a station name")
+    droppable = PRSA_TARGETS if keep_missing else PRSA_TARGETS + PRSA_FIELDS
+    query.drop_if_missing = tuple(name for name in PRSA_COLUMNS if name in droppable)
+    frame, rows_in, dropped = _run(_describe(path), files, _scanner(null_values=("NA",)), query)
     schema = TableSchema(
-        fields=fields,
+        fields=tuple(
+            FieldSpec(name, "categorical") if name == "wd" else FieldSpec(name, "numeric", n_bins=PRSA_BINS)
+            for name in PRSA_FIELDS
+        ),
         labels=PRSA_TARGETS,
         task="regression",
         time_features=("timestamp",),
         time_bins=PRSA_BINS,
         source="prsa",
     )
-    frame = frame.select(ROW, ENTITY, TIME, *inputs, *PRSA_TARGETS)
-    return Table(frame, schema, str(path), rows_in, dropped)
+    return Table(frame, schema, _describe(path), rows_in, dropped)
+
+
+def read_generic(path: Sources, schema_path: PathLike) -> Table:
+    """Read CSV or Parquet data (a file, a list, or a folder of them) described by a schema file.
+
+    See :class:`~tabbert.data.schema.GenericSchemaFile` for the keys. The entity key joins its
+    columns with "|". Time is one column (text parsed with ``time_format``, else ISO-8601 or
+    integer epoch seconds; or a native date, datetime or integer epoch) or integer parts
+    [year, month, day(, hour(, minute))]. Categorical columns become text, numeric ones floats.
+    Classification labels map numbers 0/1, ``positive_values`` (to 1) and "0", "no", "false",
+    "n" (to 0), case-insensitively; regression targets are floats. In CSV, empty values and
+    "NA", "N/A", "NaN", "null" are missing. A row missing a label is dropped and counted; a row
+    missing its entity or time is an error. Columns the schema does not name are ignored.
+    """
+    spec = GenericSchemaFile.load(schema_path)
+    try:
+        schema = spec.table_schema()
+    except SchemaError as exc:
+        raise SchemaError(f"{schema_path}: {exc}") from exc
+    if len(spec.time) not in (1, 3, 4, 5):
+        raise SchemaError(f"{schema_path}: 'time' must be one column or [year, month, day(, hour(, minute))]")
+    files = _source_files(path, DATA_FILE_PATTERNS)
+    named = list(dict.fromkeys((*spec.entity, *spec.time, *schema.field_names, *spec.labels)))
+    for file in files:
+        present = set(_columns(file))
+        absent = [name for name in named if name not in present]
+        if absent:
+            raise DataError(file, f"columns {absent} named in schema {schema_path} are not in the file")
+    scan = _scanner(null_values=GENERIC_NULL_VALUES)
+    dtypes = _collect(scan(files[:1]).head(0), files[0]).schema
+
+    query = _Query()
+    entity = [pl.col(name).cast(pl.String) for name in spec.entity]
+    for name, part in zip(spec.entity, entity):
+        query.check(name, part.is_null(), "a value (part of the entity key)")
+    if len(spec.time) == 1:
+        timestamp = _time_column(query, files[0], spec.time[0], dtypes[spec.time[0]], spec.time_format)
+    else:
+        timestamp = _datetime_from_parts(query, [(name, _integer(name, pl.Int32)) for name in spec.time])
+    query.values = {ENTITY: pl.concat_str(entity, separator="|"), TIME: timestamp}
+    for name in spec.categorical:
+        query.values[name] = pl.col(name).cast(pl.String)
+    for name in spec.numeric:
+        query.values[name] = _generic_number(query, files[0], name, dtypes[name])
+    for name in spec.labels:
+        if spec.task == "classification":
+            query.values[name] = _class_label(query, name, spec.positive_values)
+        else:
+            query.values[name] = _generic_number(query, files[0], name, dtypes[name])
+    query.drop_if_missing = spec.labels
+    frame, rows_in, dropped = _run(_describe(path), files, scan, query)
+    return Table(frame, schema, _describe(path), rows_in, dropped)
+
+
+_READERS: dict[str, Callable[..., Table]] = {"card": read_card, "prsa": read_prsa, "generic": read_generic}
+
+
+def read_source(kind: str, path: Sources, *, schema: PathLike | None = None, **options) -> Table:
+    """Read a source by kind: ``"card"``, ``"prsa"`` or ``"generic"`` (which needs ``schema``)."""
+    reader = _READERS.get(kind)
+    if reader is None:
+        raise TabbertError(f"unknown source {kind!r}; choose from {sorted(_READERS)}")
+    accepted = [name for name, p in inspect.signature(reader).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TabbertError(f"source {kind!r} has no option {unknown}; its options: {accepted}")
+    if kind == "generic":
+        if schema is None:
+            raise TabbertError("the generic source needs a schema file")
+        return read_generic(path, schema, **options)
+    if schema is not None:
+        raise TabbertError(f"source {kind!r} has a built-in schema; a schema file is only for 'generic'")
+    return reader(path, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and headers
+
+
+def _source_files(path: Sources, patterns: Sequence[str]) -> list[Path]:
+    """The files to read, in reading order; a folder stands for its matching files, sorted."""
+    items = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not items:
+        raise DataError(_describe(path), "no input files given")
+    if len(items) == 1 and items[0].is_dir():
+        folder = items[0]
+        items = sorted({file for pattern in patterns for file in folder.glob(pattern) if file.is_file()})
+        if not items:
+            raise DataError(folder, f"folder has no files matching {' or '.join(patterns)}")
+    for item in items:
+        if not item.is_file():
+            raise DataError(item, "not a file" if item.exists() else "no such file")
+    if len({_is_parquet(item) for item in items}) > 1:
+        raise DataError(_describe(path), "cannot mix CSV and Parquet files in one source")
+    return items
+
+
+def _describe(path: Sources) -> str:
+    """How errors and tables name a source: the path, or the files of a list."""
+    return str(path) if isinstance(path, (str, os.PathLike)) else ", ".join(str(p) for p in path)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def _columns(path: Path) -> list[str]:
+    """Column names of a Parquet or CSV (plain or gzip) file, read without touching the rows."""
+    if _is_parquet(path):
+        try:
+            return pl.scan_parquet(path, glob=False).collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(path, f"not a readable Parquet file ({_first_line(exc)})") from exc
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline="") as text:
+            header = text.readline()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read the file ({exc})") from exc
+    if not header.strip():
+        raise DataError(path, "empty file: no header row")
+    return next(csv.reader([header]))
+
+
+def _require_exact_columns(path: Path, expected: Sequence[str]) -> None:
+    columns = _columns(path)
+    missing = [name for name in expected if name not in columns]
+    extra = [name for name in columns if name not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    if problems:
+        raise DataError(path, f"{'; '.join(problems)} (expected exactly {list(expected)})")
+
+
+def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False) -> Scan:
+    """A function scanning files into their raw rows plus ``_row``.
+
+    CSV values are text, with empty values and ``null_values`` missing. Parquet values keep
+    their stored types (or become text with ``as_text``), with empty text missing.
+    """
+
+    def scan(files: Sequence[Path]) -> pl.LazyFrame:
+        if not _is_parquet(files[0]):
+            nulls = ["", *null_values]
+            return pl.scan_csv(list(files), infer_schema=False, null_values=nulls, row_index_name=ROW, glob=False)
+        frame = pl.scan_parquet(list(files), row_index_name=ROW, glob=False)
+        if as_text:
+            frame = frame.with_columns(pl.exclude(ROW).cast(pl.String))
+        text_columns = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
+        return frame.with_columns(pl.when(pl.col(name) != "").then(pl.col(name)).alias(name) for name in text_columns)
+
+    return scan
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a query
+
+
+def _run(source: str, files: list[Path], scan: Scan, query: _Query) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    """Collect ``query`` over ``files``: the normalized frame, the rows read and the rows dropped."""
+    plan = (
+        scan(files)
+        .with_columns(**query.parsed)
+        .select(
+            pl.col(ROW).cast(pl.UInt64),
+            *(expr.alias(name) for name, expr in query.values.items()),
+            pl.any_horizontal(check.bad for check in query.checks).alias(_BAD),
+        )
+    )
+    if query.drop_if_missing:
+        first_missing = pl.min_horizontal(
+            pl.when(pl.col(name).is_null()).then(pl.lit(i, pl.UInt8)) for i, name in enumerate(query.drop_if_missing)
+        )
+        plan = plan.with_columns(first_missing.alias(_DROP))
+    frame = _collect(plan, source)
+    if frame.is_empty():
+        raise DataError(source, "no data rows")
+    if frame[_BAD].any():
+        _raise_first_bad(files, scan, query)
+    frame = frame.drop(_BAD)
+    rows_in, dropped = frame.height, {}
+    if query.drop_if_missing:
+        counts = frame[_DROP].drop_nulls().value_counts()
+        dropped = {f"missing {query.drop_if_missing[i]}": n for i, n in sorted(counts.iter_rows())}
+        if dropped:
+            frame = frame.filter(pl.col(_DROP).is_null())
+        frame = frame.drop(_DROP)
+    return frame, rows_in, dropped
+
+
+def _raise_first_bad(files: list[Path], scan: Scan, query: _Query) -> NoReturn:
+    """Scan ``files`` again for the first row breaking a check and raise a DataError naming it."""
+    flags = [f"{_BAD}{i}" for i in range(len(query.checks))]
+    first_per_file = [
+        scan([file])
+        .with_columns(**query.parsed)
+        .with_columns(*(check.bad.alias(flag) for check, flag in zip(query.checks, flags)), pl.lit(number).alias(_FILE))
+        .filter(pl.any_horizontal(flags))
+        .head(1)
+        for number, file in enumerate(files)
+    ]
+    hit = _collect(pl.concat(first_per_file, how="diagonal_relaxed").head(1), files[0]).row(0, named=True)
+    check = next(check for check, flag in zip(query.checks, flags) if hit[flag])
+    value = hit[check.column]
+    found = "missing value" if value is None else f"bad value {value!r}"
+    raise DataError(files[hit[_FILE]], f"{found}; expected {check.expected}", column=check.column, row=hit[ROW] + 1)
+
+
+def _collect(plan: pl.LazyFrame, path: PathLike) -> pl.DataFrame:
+    try:
+        return plan.collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(path, f"cannot read the data ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing expressions
+
+
+def _integer(column: str, dtype: pl.DataType = pl.Int64) -> pl.Expr:
+    """An integer parsed from text (null where the text is not an integer)."""
+    return pl.col(column).cast(dtype, strict=False)
+
+
+def _number(query: _Query, column: str) -> pl.Expr:
+    """A float parsed from text; a value that is not a finite number is bad."""
+    raw = pl.col(column)
+    value = query.parse(raw.cast(pl.Float64, strict=False))
+    query.check(column, raw.is_not_null() & ~value.is_finite().fill_null(False), "a number")
+    return value
+
+
+def _generic_number(query: _Query, path: Path, column: str, dtype: pl.DataType) -> pl.Expr:
+    """A float from text or from a stored number (where NaN is a missing value)."""
+    if dtype == pl.String:
+        return _number(query, column)
+    if not (dtype.is_numeric() or dtype == pl.Boolean):
+        raise DataError(path, f"holds {dtype}, not numbers", column=column)
+    value = query.parse(pl.col(column).cast(pl.Float64).fill_nan(None))
+    query.check(column, value.is_infinite().fill_null(False), "a finite number")
+    return value
+
+
+def _class_label(query: _Query, column: str, positive: Sequence[str]) -> pl.Expr:
+    """0/1 from numbers 0/1, from ``positive`` words (1) or from the usual negative words (0)."""
+    text = pl.col(column).cast(pl.String).str.strip_chars().str.to_lowercase()
+    number = text.cast(pl.Float64, strict=False)
+    value = query.parse(
+        pl.when(text.is_in(list(positive)) | (number == 1))
+        .then(pl.lit(1, pl.Int8))
+        .when(text.is_in(NEGATIVE_VALUES) | (number == 0))
+        .then(pl.lit(0, pl.Int8))
+    )
+    expected = f"a class label: 0 or 1, one of {list(positive)} (positive) or {list(NEGATIVE_VALUES)} (negative)"
+    query.check(column, pl.col(column).is_not_null() & value.is_null(), expected)
+    return value
+
+
+def _datetime_from_parts(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
+    """A datetime from integer (year, month, day[, hour[, minute]]) parts, with range checks.
+
+    Each part is paired with the source column it comes from, so that a check names the column
+    holding the impossible value (a 13th month, February 30th, hour 24 ...).
+    """
+    columns = [column for column, _ in parts]
+    values = [query.parse(value) for _, value in parts]
+    year, month = values[0], values[1]
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    month_days = pl.when(month == 2).then(28 + leap.cast(pl.Int32)).otherwise(30 + (month + month // 8) % 2)
+    ranges = [
+        (1, 9999, "a year from 1 to 9999"),
+        (1, 12, "a month from 1 to 12"),
+        (1, month_days, "a day that exists in its month"),
+        (0, 23, "an hour from 0 to 23"),
+        (0, 59, "a minute from 0 to 59"),
+    ]
+    valid = []
+    for column, value, (low, high, expected) in zip(columns, values, ranges):
+        valid.append(value.is_between(low, high).fill_null(False))
+        query.check(column, ~valid[-1], expected)
+    return pl.datetime(pl.when(pl.all_horizontal(valid)).then(year), *values[1:], time_unit="us")
+
+
+def _time_column(query: _Query, path: Path, column: str, dtype: pl.DataType, time_format: str | None) -> pl.Expr:
+    """A datetime from one column: native date/datetime, integer epoch seconds, or text."""
+    raw = pl.col(column)
+    if isinstance(dtype, pl.Datetime):
+        utc = raw.dt.convert_time_zone("UTC").dt.replace_time_zone(None) if dtype.time_zone else raw
+        value = utc.dt.cast_time_unit("us")
+    elif dtype == pl.Date:
+        value = raw.cast(pl.Datetime("us"))
+    elif dtype.is_integer():
+        value = pl.from_epoch(raw, time_unit="s").dt.cast_time_unit("us")
+    elif dtype == pl.String and time_format:
+        value = raw.str.to_datetime(time_format, time_unit="us", strict=False).dt.replace_time_zone(None)
+    elif dtype == pl.String:
+        epoch = pl.from_epoch(raw.cast(pl.Int64, strict=False), time_unit="s").dt.cast_time_unit("us")
+        iso = raw.str.strip_suffix("Z").str.replace("T", " ", literal=True)
+        parsed = pl.coalesce(iso.str.to_datetime(fmt, time_unit="us", strict=False) for fmt in _ISO_FORMATS)
+        value = pl.when(raw.str.contains(_INTEGER)).then(epoch).otherwise(parsed)
+    else:
+        raise DataError(path, f"holds {dtype}; expected a date, a datetime, epoch seconds or text", column=column)
+    value = query.parse(value)
+    expected = f"a time in the format {time_format!r}" if time_format else "ISO-8601 date/datetime or epoch seconds"
+    query.check(column, value.is_null(), expected)
+    return value

@@ -89,6 +89,32 @@ def _time_feature_expr(feature: str) -> pl.Expr:
     raise TabbertError(f"unknown time feature {feature!r}")
 
 
+def with_time_features(frame: pl.DataFrame, features, order: np.ndarray | None = None,
+                       gap_seconds: np.ndarray | None = None) -> pl.DataFrame:
+    """``frame`` with the derived ``time.<feature>`` columns added, computed once.
+
+    ``gap_seconds`` (in the row order given by ``order``) saves the per-entity shift when the
+    caller already has the rows in entity-then-time order.
+    """
+    columns = []
+    for feature in features:
+        if feature == "gap" and gap_seconds is not None:
+            gap = np.empty_like(gap_seconds)
+            gap[order] = gap_seconds
+            columns.append(pl.Series(f"time.{feature}", gap, nan_to_null=True))
+        else:
+            columns.append(frame.select(_time_feature_expr(feature).alias(f"time.{feature}")).to_series())
+    return frame.with_columns(columns)
+
+
+def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
+    """A derived time feature: the precomputed ``time.<feature>`` column, or computed now."""
+    name = f"time.{feature}"
+    if name in frame.columns:
+        return frame.get_column(name)
+    return frame.select(_time_feature_expr(feature).alias(name)).to_series()
+
+
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Distinct quantile bin edges (min and max included) of the finite ``values``."""
     values = values[np.isfinite(values)]
@@ -112,36 +138,39 @@ class TabularTokenizer:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, frame: pl.DataFrame, schema: TableSchema) -> TabularTokenizer:
-        """Learn vocabularies and bin edges from ``frame`` (the training rows)."""
-        if frame.height == 0:
+    def fit(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None) -> TabularTokenizer:
+        """Learn vocabularies and bin edges from the training rows of ``frame``.
+
+        ``rows`` (a boolean mask) selects those rows one column at a time, so the training
+        subset is never copied as a whole; ``None`` fits on every row.
+        """
+        selected = None if rows is None else pl.Series(np.asarray(rows, dtype=bool))
+        if (frame.height if selected is None else int(selected.sum())) == 0:
             raise TabbertError("cannot fit a tokenizer on zero rows")
+
+        def training_values(column: pl.Series) -> pl.Series:
+            return (column if selected is None else column.filter(selected)).drop_nulls()
+
         fields: list[FieldVocab] = []
         for spec in schema.fields:
-            column = frame.get_column(spec.name)
+            column = training_values(frame.get_column(spec.name))
             if spec.kind == "categorical":
                 counts = (
-                    column.drop_nulls().cast(pl.String).value_counts(name="n")
+                    column.value_counts(name="n").with_columns(pl.col(spec.name).cast(pl.String))
                     .filter(pl.col("n") >= spec.min_count)
                     .sort(["n", spec.name], descending=[True, False])
                 )
                 fields.append(FieldVocab(spec.name, "categorical", spec.name, values=counts.get_column(spec.name).to_list()))
             else:
-                values = column.cast(pl.Float64).drop_nulls().to_numpy()
-                edges = quantile_edges(values, spec.n_bins)
+                edges = quantile_edges(column.cast(pl.Float64).to_numpy(), spec.n_bins)
                 fields.append(FieldVocab(spec.name, "numeric", spec.name, edges=edges.tolist()))
-        if schema.time_features:
-            derived = frame.select(ENTITY, TIME).select(
-                [_time_feature_expr(f).alias(f) for f in schema.time_features if f in ("timestamp", "gap")]
-            )
-            for feature in schema.time_features:
-                name = f"time.{feature}"
-                if feature in ("hour", "weekday"):
-                    fields.append(FieldVocab(name, feature, feature))
-                else:
-                    values = derived.get_column(feature).drop_nulls().to_numpy()
-                    edges = quantile_edges(values, schema.time_bins)
-                    fields.append(FieldVocab(name, "numeric", feature, edges=edges.tolist()))
+        for feature in schema.time_features:
+            name = f"time.{feature}"
+            if feature in ("hour", "weekday"):
+                fields.append(FieldVocab(name, feature, feature))
+            else:
+                values = training_values(_time_column(frame, feature)).to_numpy()
+                fields.append(FieldVocab(name, "numeric", feature, edges=quantile_edges(values, schema.time_bins).tolist()))
         return cls(schema, fields)
 
     # ------------------------------------------------------------------ encoding
@@ -159,7 +188,7 @@ class TabularTokenizer:
 
     def _raw_column(self, frame: pl.DataFrame, vocab: FieldVocab) -> pl.Series:
         if vocab.name.startswith("time."):
-            return frame.select(_time_feature_expr(vocab.source)).to_series()
+            return _time_column(frame, vocab.source)
         return frame.get_column(vocab.source)
 
     def _local_ids(self, vocab: FieldVocab, column: pl.Series) -> np.ndarray:
@@ -185,13 +214,18 @@ class TabularTokenizer:
         Unseen categories map to the field's [UNK], nulls to its [MISSING]. ``time.gap`` looks
         at the previous row of the same entity in time order, wherever it sits in ``frame``.
         """
+        out = np.empty((frame.height, len(self.fields)), dtype=np.int32)
+        for j in range(len(self.fields)):
+            out[:, j] = self.encode_field(frame, j)
+        return out
+
+    def encode_field(self, frame: pl.DataFrame, index: int) -> np.ndarray:
+        """Global ids (int32) of one field, for callers that assemble the matrix themselves."""
         missing = [c for c in self.required_columns if c not in frame.columns]
         if missing:
             raise TabbertError(f"cannot encode: columns {missing} are missing from the table")
-        out = np.empty((frame.height, len(self.fields)), dtype=np.int32)
-        for j, vocab in enumerate(self.fields):
-            out[:, j] = self._local_ids(vocab, self._raw_column(frame, vocab)) + vocab.offset
-        return out
+        vocab = self.fields[index]
+        return (self._local_ids(vocab, self._raw_column(frame, vocab)) + vocab.offset).astype(np.int32)
 
     @property
     def required_columns(self) -> list[str]:
@@ -268,6 +302,7 @@ def write_json_atomic(path: str | Path, data: object) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

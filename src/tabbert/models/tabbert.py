@@ -20,6 +20,7 @@ that predict a masked field over that field's own vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.models.bert.modeling_bert import BertEncoder
+from transformers.models.bert.modeling_bert import BertEncoder, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
 from tabbert.models.configuration import TabBertConfig
@@ -69,9 +70,9 @@ class TabBertMaskedFieldOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
 
 
-def _bert_config(config: TabBertConfig, **shape) -> BertConfig:
-    """A BertConfig sharing our activation, dropout, init and attention settings."""
-    return BertConfig(
+def _bert_config(config: TabBertConfig, **settings) -> BertConfig:
+    """A BertConfig sharing our activation, dropout, init and attention settings, unless overridden."""
+    shared = dict(
         hidden_act=config.hidden_act,
         hidden_dropout_prob=config.hidden_dropout_prob,
         attention_probs_dropout_prob=config.attention_probs_dropout_prob,
@@ -80,8 +81,8 @@ def _bert_config(config: TabBertConfig, **shape) -> BertConfig:
         pad_token_id=config.pad_token_id,
         type_vocab_size=1,
         attn_implementation=config._attn_implementation,
-        **shape,
     )
+    return BertConfig(**{**shared, **settings})
 
 
 class TabBertPreTrainedModel(PreTrainedModel):
@@ -104,8 +105,27 @@ class TabBertPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
+class TabBertFieldEncoder(BertPreTrainedModel):
+    """The transformer across the fields of one row: BERT layers without embeddings.
+
+    A sub-model of its own so that attention-implementation and checkpointing switches reach it.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.encoder = BertEncoder(config)
+        self.post_init()
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        """``fields [rows, F, field_hidden]`` → same shape, each row's fields attending to each other."""
+        return self.encoder(fields).last_hidden_state
+
+
 class TabBertModel(TabBertPreTrainedModel):
     """The TabBERT encoder: ``input_ids [B, L, F]`` → one vector per row ``[B, L, hidden]``."""
+
+    # an encoder loaded from a pre-training checkpoint leaves the masked-field heads behind
+    _keys_to_ignore_on_load_unexpected = [r"^heads\."]
 
     def __init__(self, config: TabBertConfig):
         super().__init__(config)
@@ -124,10 +144,12 @@ class TabBertModel(TabBertPreTrainedModel):
             self.field_embeddings = nn.Embedding(config.vocab_size, config.field_hidden)
             self.field_position_embeddings = nn.Embedding(n_fields, config.field_hidden)
             self.field_layer_norm = nn.LayerNorm(config.field_hidden, eps=config.layer_norm_eps)
-            self.field_dropout = nn.Dropout(config.hidden_dropout_prob)
-            self.field_encoder = BertEncoder(
+            self.field_dropout = nn.Dropout(config.field_dropout_prob)
+            self.field_encoder = TabBertFieldEncoder(
                 _bert_config(
                     config,
+                    hidden_dropout_prob=config.field_dropout_prob,
+                    attention_probs_dropout_prob=config.field_dropout_prob,
                     hidden_size=config.field_hidden,
                     num_hidden_layers=config.field_num_layers,
                     num_attention_heads=config.field_num_heads,
@@ -135,13 +157,16 @@ class TabBertModel(TabBertPreTrainedModel):
                 )
             )
             self.row_projection = nn.Linear(n_fields * config.field_hidden, config.hidden_size)
-            # Rows enter the row BERT as inputs_embeds, so its word table is a frozen 1-entry stub.
             self.bert = BertModel(
                 _bert_config(config, vocab_size=1, max_position_embeddings=config.max_rows, **self._row_shape(config)),
                 add_pooling_layer=False,
             )
-            self.bert.embeddings.word_embeddings.requires_grad_(False)
+            # rows enter the row BERT as inputs_embeds: it has no use for a word table
+            self.bert.embeddings.word_embeddings = None
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings if self.config.flat else self.field_embeddings
 
     @staticmethod
     def _row_shape(config: TabBertConfig) -> dict[str, int]:
@@ -168,7 +193,7 @@ class TabBertModel(TabBertPreTrainedModel):
         fields = self.field_embeddings(input_ids) + self.field_position_embeddings.weight
         fields = self.field_dropout(self.field_layer_norm(fields))
         # attention runs across the F fields of one row: rows are the batch axis here
-        fields = self.field_encoder(fields.view(batch * rows, n_fields, -1)).last_hidden_state
+        fields = self.field_encoder(fields.view(batch * rows, n_fields, -1))
         return self.row_projection(fields.reshape(batch, rows, -1))
 
     def _forward_hierarchical(self, input_ids, attention_mask) -> TabBertModelOutput:
@@ -215,12 +240,16 @@ class TabBertRowToFieldHeads(nn.Module):
         fields = self.LayerNorm(self.activation(fields))
         return tuple(decoder(fields[..., field, :]) for field, decoder in enumerate(self.decoders))
 
-    def masked_logits(self, row_states: torch.Tensor, selected: torch.Tensor, field: int) -> torch.Tensor:
-        """Logits of one field at the selected rows: ``row_states [B, L, hidden]``, ``selected [B, L]``
-        → ``[n_selected, V_f]``. Only this field's slice of ``dense`` is computed."""
-        outputs = slice(field * self.field_hidden, (field + 1) * self.field_hidden)
-        states = F.linear(row_states[selected], self.dense.weight[outputs], self.dense.bias[outputs])
-        return self.decoders[field](self.LayerNorm(self.activation(states)))
+    def masked_logits(self, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Logits at masked positions: F × ``[n_f, hidden]`` row vectors → F × ``[n_f, V_f]``.
+
+        Each field's rows only go through that field's part of ``dense``.
+        """
+        weights = self.dense.weight.view(len(self.decoders), self.field_hidden, -1).unbind(0)
+        biases = self.dense.bias.view(len(self.decoders), self.field_hidden).unbind(0)
+        fields = torch.cat([F.linear(rows, weight, bias) for rows, weight, bias in zip(states, weights, biases)])
+        fields = self.LayerNorm(self.activation(fields)).split([len(rows) for rows in states])
+        return tuple(decoder(field_states) for decoder, field_states in zip(self.decoders, fields))
 
 
 class TabBertTokenHeads(nn.Module):
@@ -234,17 +263,17 @@ class TabBertTokenHeads(nn.Module):
         """``token_states [B, L, F, hidden]`` → F × ``[B, L, V_f]``."""
         return tuple(decoder(token_states[:, :, field]) for field, decoder in enumerate(self.decoders))
 
-    def masked_logits(self, token_states: torch.Tensor, selected: torch.Tensor, field: int) -> torch.Tensor:
-        """Logits of one field at the selected rows: ``token_states [B, L, F, hidden]``, ``selected [B, L]``
-        → ``[n_selected, V_f]``."""
-        return self.decoders[field](token_states[:, :, field][selected])
+    def masked_logits(self, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Logits at masked positions: F × ``[n_f, hidden]`` token vectors → F × ``[n_f, V_f]``."""
+        return tuple(decoder(field_states) for decoder, field_states in zip(self.decoders, states))
 
 
 class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
     """TabBERT with per-field masked-token heads, for self-supervised pre-training.
 
     ``labels [B, L, F]`` hold the field-local id of each masked token and -100 elsewhere. With
-    labels, head logits are computed at masked positions only.
+    labels, head logits are computed at masked positions only: the output vectors of the masked
+    positions are gathered once, field by field, and each field's head sees only its own.
     """
 
     def __init__(self, config: TabBertConfig):
@@ -260,24 +289,27 @@ class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
         labels: torch.LongTensor | None = None,
     ) -> TabBertMaskedFieldOutput:
         encoded = self.tabbert(input_ids, attention_mask=attention_mask)
-        states = encoded.token_hidden_states if self.config.flat else encoded.last_hidden_state
         if labels is None:
+            states = encoded.token_hidden_states if self.config.flat else encoded.last_hidden_state
             return TabBertMaskedFieldOutput(field_logits=self.heads(states), last_hidden_state=encoded.last_hidden_state)
 
-        masked = labels != IGNORE_INDEX
-        field_logits, field_labels = [], []
-        for field in range(self.config.n_fields):
-            selected = masked[:, :, field]
-            field_logits.append(self.heads.masked_logits(states, selected, field))
-            field_labels.append(labels[:, :, field][selected])
+        n_fields = self.config.n_fields
+        by_field = (labels != IGNORE_INDEX).permute(2, 0, 1).reshape(n_fields, -1)  # [F, B*L]
+        field, row = by_field.nonzero(as_tuple=True)
+        counts = by_field.sum(dim=1).tolist()
+        if self.config.flat:
+            vectors, index = encoded.token_hidden_states.flatten(0, 2), row * n_fields + field
+        else:
+            vectors, index = encoded.last_hidden_state.flatten(0, 1), row
+        field_logits = self.heads.masked_logits(vectors.index_select(0, index).split(counts))
+        field_labels = labels.reshape(-1).index_select(0, row * n_fields + field).split(counts)
         total = sum(
             F.cross_entropy(logits, target, reduction="sum") for logits, target in zip(field_logits, field_labels)
         )
-        loss = total / masked.sum().clamp(min=1)
         return TabBertMaskedFieldOutput(
-            loss=loss,
-            field_logits=tuple(field_logits),
-            field_labels=tuple(field_labels),
+            loss=total / max(len(row), 1),
+            field_logits=field_logits,
+            field_labels=field_labels,
             last_hidden_state=encoded.last_hidden_state,
         )
 

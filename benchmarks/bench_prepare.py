@@ -1,0 +1,97 @@
+"""Speed and memory of ``prepare`` against a bare Polars read of the same card CSV.
+
+Each measurement runs in a fresh Python process (so peak RSS is that step's own), alternating
+the reference and ours, and the median of the repeats is reported as a ratio.
+
+    python benchmarks/bench_prepare.py --users 1000            # ~1 M rows
+    python benchmarks/bench_prepare.py --users 24000 --repeats 1 --skip-reference-memory   # ~24 M rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORK = Path(__file__).resolve().parent / "_work"
+
+READ_ONLY = """
+import resource, sys, time, polars as pl
+t = time.perf_counter()
+frame = pl.read_csv(sys.argv[1], infer_schema=False)
+print(time.perf_counter() - t, frame.height, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+PREPARE = """
+import resource, sys, time
+from tabbert.data.preparation import prepare
+t = time.perf_counter()
+data = prepare("card", sys.argv[1], sys.argv[2])
+print(time.perf_counter() - t, data.n_rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def run_child(code: str, *args: str) -> tuple[float, int, float]:
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout
+    seconds, rows, peak_mb = out.split()
+    return float(seconds), int(rows), float(peak_mb)
+
+
+def ensure_csv(users: int, seed: int) -> Path:
+    path = WORK / f"card_{users}u_seed{seed}.csv"
+    if not path.exists():
+        from tabbert.data.synthetic import generate_transactions, write_transactions
+
+        WORK.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        frame = generate_transactions(users, seed=seed)
+        write_transactions(frame, path)
+        print(f"generated {frame.height:,} rows in {time.perf_counter() - started:.1f} s -> {path}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the generated CSV for later runs")
+    args = parser.parse_args()
+
+    csv = ensure_csv(args.users, args.seed)
+    reads, prepares = [], []
+    for repeat in range(args.repeats):
+        reads.append(run_child(READ_ONLY, str(csv)))
+        out = WORK / f"prepared_{args.users}u_{repeat}"
+        shutil.rmtree(out, ignore_errors=True)
+        prepares.append(run_child(PREPARE, str(csv), str(out)))
+        shutil.rmtree(out, ignore_errors=True)
+    read_s = statistics.median(r[0] for r in reads)
+    prep_s = statistics.median(p[0] for p in prepares)
+    result = {
+        "rows": reads[0][1],
+        "csv_mb": round(csv.stat().st_size / 2**20, 1),
+        "polars_read_s": round(read_s, 3),
+        "prepare_s": round(prep_s, 3),
+        "ratio": round(prep_s / read_s, 2),
+        "polars_read_peak_mb": round(max(r[2] for r in reads)),
+        "prepare_peak_mb": round(max(p[2] for p in prepares)),
+        "repeats": args.repeats,
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+    }
+    print(json.dumps(result, indent=2))
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"prepare_{args.users}u.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.keep:
+        csv.unlink()
+
+
+if __name__ == "__main__":
+    main()

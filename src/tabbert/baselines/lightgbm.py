@@ -1,0 +1,260 @@
+"""LightGBM on window aggregates: the gradient-boosted baseline beside TabBERT.
+
+:func:`train_lightgbm` computes the :class:`~tabbert.baselines.features.WindowFeatures` of every
+window of the train, val and test splits and fits LightGBM on the same windows and labels the
+neural models see. Classification: one model of the window label (``any`` row positive, or the
+``last`` row's label), early stopping on validation average precision, the decision threshold
+with the best validation F1 applied unchanged to test. Regression: one model per target (the
+last row's value), early stopping on validation L2, RMSE and MAE in the targets' own units.
+
+Training is deterministic: same data, seed and parameters give the same model, whatever the
+number of threads. The run directory holds::
+
+    model.txt            the booster, LightGBM's text format (regression: model-<target>.txt)
+    features.json        feature names in column order, the categorical ones, the layout source
+    metrics.json         val and test figures, timings, feature count, top feature importances
+    <split>_pr_curve.png, <split>_roc_curve.png   val and test curves (classification)
+
+A saved model reloads with ``lightgbm.Booster(model_file=".../model.txt")``; its input is the
+feature matrix of :meth:`WindowFeatures.transform`, columns in ``features.json`` order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from tabbert.baselines.features import WindowFeatures
+from tabbert.data.prepared import PreparedDataset, check_output_dir
+from tabbert.data.tokenizer import write_json_atomic
+from tabbert.data.windows import SPLITS
+from tabbert.errors import TabbertError
+from tabbert.training.metrics import (
+    UndefinedMetricWarning,
+    best_f1_threshold,
+    classification_metrics,
+    regression_metrics,
+)
+from tabbert.training.plots import plot_pr_roc
+
+LABEL_MODES = ("any", "last")
+TOP_FEATURES = 20
+
+
+def train_lightgbm(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    label: str = "any",
+    seed: int = 0,
+    rounds: int = 2000,
+    learning_rate: float = 0.05,
+    num_leaves: int = 31,
+    min_data_in_leaf: int = 20,
+    early_stopping: int = 100,
+    scale_pos_weight: float | str = 1.0,
+    threads: int | None = None,
+    plots: bool = True,
+) -> dict:
+    """Fit LightGBM on the prepared dataset at ``data_dir``; write the run to ``out_dir``.
+
+    ``rounds`` is the most boosting rounds; training stops after ``early_stopping`` rounds
+    without a better validation score. ``scale_pos_weight`` weighs positive windows in the loss
+    (a number, or ``"balanced"`` for negatives / positives of the training windows). ``plots``
+    draws the PR and ROC curves. Returns the figures also written to ``metrics.json``.
+    """
+    if label not in LABEL_MODES:
+        raise TabbertError(f"label mode must be one of {LABEL_MODES}, got {label!r}")
+    if rounds < 1 or early_stopping < 1:
+        raise TabbertError(f"rounds and early stopping patience must be >= 1 (got {rounds}, {early_stopping})")
+    if isinstance(scale_pos_weight, str) and scale_pos_weight != "balanced":
+        raise TabbertError(f"scale_pos_weight must be a number or 'balanced', got {scale_pos_weight!r}")
+    out = Path(out_dir)
+    check_output_dir(out)
+    data = PreparedDataset(data_dir)
+    layout = WindowFeatures.from_dataset(data)
+    starts = {split: data.windows(split) for split in SPLITS}
+    empty = [split for split in SPLITS if starts[split].size == 0]
+    if empty:
+        raise TabbertError(f"{data.path}: no windows in split(s) {empty}; LightGBM needs train, val and test windows")
+
+    began = time.perf_counter()
+    features = {split: layout.transform(data, starts[split]) for split in SPLITS}
+    feature_seconds = time.perf_counter() - began
+    n_windows = sum(s.size for s in starts.values())
+
+    params = {
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_data_in_leaf": min_data_in_leaf,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "feature_fraction": 0.8,
+        "lambda_l2": 1.0,
+        "seed": seed,
+        "num_threads": threads or os.cpu_count() or 1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    stopping = {"rounds": rounds, "early_stopping": early_stopping}
+    if data.task == "classification":
+        result = _fit_classifier(data, starts, features, layout, params, out, label=label,
+                                 scale_pos_weight=scale_pos_weight, plots=plots, **stopping)
+    else:
+        result = _fit_regressors(data, starts, features, layout, params, out, **stopping)
+    metrics = {
+        "model": "lightgbm",
+        "task": data.task,
+        "data": str(data.path),
+        "seed": seed,
+        "windows": {split: int(starts[split].size) for split in SPLITS},
+        "features": {
+            "count": len(layout.names),
+            "categorical": len(layout.categorical),
+            "seconds": round(feature_seconds, 3),
+            "windows_per_second": round(n_windows / max(feature_seconds, 1e-9), 1),
+        },
+        "params": {**params, **stopping},
+        **result,
+    }
+    write_json_atomic(out / "features.json", {
+        "names": layout.names,
+        "lightgbm_names": lightgbm_names(layout.names),
+        "categorical": layout.categorical,
+        "value_columns": list(layout.value_columns),
+        "seq_len": layout.seq_len,
+        "max_categories": layout.max_categories,
+        "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+    })
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _fit_classifier(data, starts, features, layout, params, out, *, label, scale_pos_weight, plots, rounds,
+                    early_stopping) -> dict:
+    labels = {split: data.window_labels(starts[split], label) for split in SPLITS}
+    train = labels["train"]
+    positives = int(train.sum())
+    if positives in (0, train.size):
+        raise TabbertError(f"{data.path}: the training windows hold one class only ({positives} positive of "
+                           f"{train.size}); LightGBM cannot learn a classifier")
+    if scale_pos_weight == "balanced":
+        scale_pos_weight = (train.size - positives) / positives
+    val_positives = int(labels["val"].sum())
+    metric = "average_precision"
+    if val_positives in (0, labels["val"].size):
+        metric = "binary_logloss"
+        warnings.warn(f"the validation windows hold one class only ({val_positives} positive); early stopping "
+                      "on log-loss instead of average precision", UndefinedMetricWarning, stacklevel=3)
+    params = {**params, "objective": "binary", "metric": metric, "scale_pos_weight": float(scale_pos_weight)}
+    booster, seconds = _train(params, features, labels, layout, rounds, early_stopping)
+    scores = {split: booster.predict(features[split], num_iteration=booster.best_iteration) for split in ("val", "test")}
+    threshold = best_f1_threshold(labels["val"], scores["val"])
+    results = {split: classification_metrics(labels[split], scores[split], threshold, split=split) for split in scores}
+    _save_booster(booster, out / "model.txt")
+    curves = [path for split in scores if plots for path in plot_pr_roc(labels[split], scores[split], out / f"{split}_")]
+    return {
+        "label_mode": label,
+        "train_seconds": seconds,
+        "early_stopping_metric": metric,
+        "scale_pos_weight": float(scale_pos_weight),
+        "best_iteration": booster.best_iteration,
+        "threshold": threshold,
+        **results,
+        "feature_importance": _top_features([booster], layout.names),
+        "files": ["model.txt", "features.json", *(path.name for path in curves)],
+    }
+
+
+def _fit_regressors(data, starts, features, layout, params, out, *, rounds, early_stopping) -> dict:
+    names = list(data.meta["labels"])
+    targets = {split: data.window_targets(starts[split], "last") for split in SPLITS}
+    predictions = {split: np.empty(targets[split].shape, dtype=np.float64) for split in ("val", "test")}
+    params = {**params, "objective": "regression", "metric": "l2"}
+    boosters, best, files, seconds = [], {}, [], 0.0
+    for j, name in enumerate(names):
+        columns = {split: np.ascontiguousarray(t[:, j]) for split, t in targets.items()}
+        booster, fit_seconds = _train(params, features, columns, layout, rounds, early_stopping)
+        for split in predictions:
+            predictions[split][:, j] = booster.predict(features[split], num_iteration=booster.best_iteration)
+        file = f"model-{_safe_name(name)}.txt"
+        _save_booster(booster, out / file)
+        boosters.append(booster)
+        best[name] = booster.best_iteration
+        files.append(file)
+        seconds += fit_seconds
+    return {
+        "targets": names,
+        "train_seconds": round(seconds, 3),
+        "best_iteration": best,
+        **{split: regression_metrics(targets[split], predictions[split], names) for split in predictions},
+        "feature_importance": _top_features(boosters, layout.names),
+        "files": [*files, "features.json"],
+    }
+
+
+def _train(params: dict, features: dict, targets: dict, layout: WindowFeatures, rounds: int,
+           early_stopping: int) -> tuple[lgb.Booster, float]:
+    """Boost on train, stop early on val; the booster and the seconds it took."""
+    began = time.perf_counter()
+    names = lightgbm_names(layout.names)
+    train = lgb.Dataset(features["train"], targets["train"], feature_name=names,
+                        categorical_feature=layout.categorical, params={"verbosity": -1})
+    val = lgb.Dataset(features["val"], targets["val"], reference=train)
+    booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[val], valid_names=["val"],
+                        callbacks=[lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)])
+    return booster, round(time.perf_counter() - began, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def lightgbm_names(names: list[str]) -> list[str]:
+    """Feature names LightGBM accepts (no JSON punctuation, no spaces), unique, in order."""
+    safe = [_safe_name(name) for name in names]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in safe:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.?=+-]+", "_", name).strip("_")
+
+
+def _save_booster(booster: lgb.Booster, path: Path) -> None:
+    """Write the booster (its best iteration) in LightGBM's text format, atomically."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        booster.save_model(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _top_features(boosters: list[lgb.Booster], names: list[str]) -> list[dict]:
+    """The features with the largest share of split gain, averaged over the models."""
+    shares = np.zeros(len(names))
+    for booster in boosters:
+        gain = booster.feature_importance("gain", iteration=booster.best_iteration or None)
+        shares += gain / max(gain.sum(), 1e-12) / len(boosters)
+    order = np.argsort(-shares, kind="stable")[:TOP_FEATURES]
+    return [{"feature": names[i], "gain_share": round(float(shares[i]), 6)} for i in order if shares[i] > 0]

@@ -1,0 +1,186 @@
+"""Score raw rows with a fine-tuned model: one score per row, from the window that ends at it.
+
+Each input row is scored from itself and the up to ``seq_len - 1`` previous rows of its entity
+*in the input*, in time order. A row with a shorter history gets [PAD] rows in front of it
+(masked out of attention and of the head) and is flagged ``padded``. Rows are tokenized with
+the model's own tokenizer; a category the model never saw becomes its field's [UNK], and those
+are counted per field.
+
+Output, one row per input row in input order:
+
+``row``            the row's number in the source (``_row``)
+``entity``         its entity key
+``score``          probability of the positive class (classification), or
+``predicted_<t>``  the prediction for each target ``t`` in its own units (regression)
+``history_rows``   rows of the entity up to and including this one
+``padded``         whether the window was padded (``history_rows < seq_len``)
+``predicted``      ``score >= threshold``, when the model carries a threshold (classification)
+
+In a notebook::
+
+    from tabbert.inference import predict
+    scores = predict("runs/finetune", "new_transactions.csv")   # or a normalized polars frame
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from tabbert.data.schema import ENTITY, ROW, TIME
+from tabbert.data.tokenizer import FIELD_UNK, PAD_ID, TabularTokenizer
+from tabbert.errors import DataError, TabbertError
+from tabbert.models.classifier import TabBertForSequenceClassification
+from tabbert.training.evaluate import load_finetuned
+
+PREDICT_BATCH_SIZE = 512
+FRAME_NAME = "<input frame>"
+
+
+@dataclass
+class Prediction:
+    """Scores of a table and what was noticed on the way."""
+
+    scores: pl.DataFrame
+    entities: int
+    padded_rows: int
+    unseen: dict[str, int]
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def predict(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
+            schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE) -> pl.DataFrame:
+    """One score per row of ``data``: a file of ``source`` format (default: the model's), or a
+    frame in the normalized layout of :mod:`tabbert.data.schema`. See the module docstring."""
+    return score_table(model_dir, data, source=source, schema=schema, batch_size=batch_size).scores
+
+
+def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
+                schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE,
+                progress: bool = False) -> Prediction:
+    """:func:`predict` with the unseen-category counts, padding count and timings."""
+    started = time.perf_counter()
+    model, tokenizer = load_finetuned(model_dir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = time.perf_counter()
+    frame, dropped = read_rows(data, tokenizer, source=source, schema=schema)
+    read = time.perf_counter()
+
+    # encode in entity-then-time order, ties by row number, so time gaps never depend on the input order
+    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
+    ordered = frame[order]
+    tokens = tokenizer.encode(ordered)
+    entity = ordered.get_column(ENTITY)
+    first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
+    position = np.arange(frame.height)
+    entity_start = np.maximum.accumulate(np.where(first_of_entity, position, 0))
+    unseen = {
+        vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
+        for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical"
+    }
+    tokenized = time.perf_counter()
+
+    outputs = score_sorted_rows(model, tokens, entity_start, batch_size=batch_size, progress=progress)
+    scored = time.perf_counter()
+
+    back = np.empty_like(order)
+    back[order] = position
+    history = (position - entity_start + 1)[back]
+    seq_len = model.config.seq_len
+    columns = {"row": frame.get_column(ROW), "entity": frame.get_column(ENTITY)}
+    if model.config.task == "classification":
+        columns["score"] = outputs[back]
+    else:
+        newest = outputs if outputs.ndim == 2 else outputs[:, -1]
+        columns.update({f"predicted_{t}": newest[back, j] for j, t in enumerate(model.config.target_names)})
+    columns.update(history_rows=history, padded=history < seq_len)
+    if model.config.task == "classification" and model.config.threshold is not None:
+        columns["predicted"] = (outputs[back] >= model.config.threshold).astype(np.int8)
+    scores = pl.DataFrame(columns)
+    seconds = {"load": loaded - started, "read": read - loaded, "tokenize": tokenized - read,
+               "model": scored - tokenized, "total": time.perf_counter() - started}
+    return Prediction(scores, entities=int(first_of_entity.sum()), padded_rows=int(np.count_nonzero(history < seq_len)),
+                      unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
+
+
+def score_sorted_rows(model: TabBertForSequenceClassification, tokens: np.ndarray, entity_start: np.ndarray, *,
+                      batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
+    """Scores of the windows ending at every row of an entity-then-time ordered token matrix.
+
+    ``entity_start[i]`` is the first row of row ``i``'s entity; window rows before it are [PAD]
+    and masked. Windows are gathered batch by batch with index arithmetic.
+    """
+    seq_len = model.config.seq_len
+    offsets = np.arange(1 - seq_len, 1)
+    device = model.device
+    outputs = []
+    model.eval()
+    with torch.inference_mode():
+        for begin in tqdm(range(0, len(tokens), batch_size), desc="scoring", unit="batch", disable=not progress):
+            end = min(begin + batch_size, len(tokens))
+            rows = np.arange(begin, end)[:, None] + offsets
+            real = rows >= entity_start[begin:end, None]
+            ids = np.where(real[..., None], tokens[np.maximum(rows, 0)], PAD_ID).astype(np.int64)
+            mask = None if real.all() else torch.from_numpy(real).long().to(device)
+            logits = model(torch.from_numpy(ids).to(device), attention_mask=mask).logits
+            outputs.append(model.scores(logits).float().cpu())
+    if not outputs:
+        return np.empty(0, dtype=np.float32)
+    return torch.cat(outputs).numpy()
+
+
+def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,
+              schema: str | Path | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The rows to score in the normalized layout, and the rows the reader dropped (by reason)."""
+    if isinstance(data, pl.DataFrame):
+        frame, name, dropped = data, FRAME_NAME, {}
+        if ROW not in frame.columns:
+            frame = frame.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.UInt64))
+    else:
+        from tabbert.data.sources import read_source
+
+        source = source or tokenizer.schema.source
+        options = {"keep_missing": True} if source == "prsa" else {}
+        table = read_source(source, data, schema=schema, **options)
+        frame, name, dropped = table.frame, str(data), dict(table.dropped)
+    needed = list(dict.fromkeys([ROW, ENTITY, TIME, *tokenizer.required_columns]))
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise DataError(name, f"columns {missing} that the model needs are missing (it reads {needed[3:]})",
+                        column=missing[0])
+    if frame.height == 0:
+        raise DataError(name, "no rows to score")
+    if not isinstance(frame.schema[TIME], pl.Datetime):
+        raise DataError(name, f"must be a datetime, got {frame.schema[TIME]}", column=TIME)
+    for column in (ENTITY, TIME):
+        nulls = frame.get_column(column).is_null()
+        if nulls.any():
+            raise DataError(name, "missing value", column=column, row=int(frame.get_column(ROW).filter(nulls)[0]))
+    return frame, dropped
+
+
+def write_scores(scores: pl.DataFrame, path: str | Path) -> Path:
+    """Write the scores as CSV through a temporary sibling file and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TabbertError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(handle, "wb") as file:
+            scores.write_csv(file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,303 @@
+"""TabBERT for window-level tasks: fraud classification and regression.
+
+:class:`TabBertForSequenceClassification` puts a head (:mod:`tabbert.models.heads`) on one of two
+encoders, both returning one vector per row:
+
+* ``pretrained``: the :class:`~tabbert.models.tabbert.TabBertModel` of a pre-training run, frozen
+  by default. A frozen encoder has ``requires_grad`` off *and* stays in eval mode while the
+  model trains, so its dropout never fires;
+* ``raw``: the paper's "raw" baselines, trained from scratch: one learned embedding per field
+  token, the row's embeddings concatenated and projected to ``hidden_size``.
+
+Losses (``config.loss``): classification ``ce`` (cross-entropy over two classes, optionally
+class-weighted) or ``rmse`` (the reference's: root mean squared error between the softmax
+probabilities and the one-hot label); regression ``mse`` or ``rmse`` on targets standardized
+with the training split's mean and standard deviation, which the configuration keeps, so
+:meth:`TabBertForSequenceClassification.scores` returns predictions in the targets' own units.
+
+A fine-tuned directory holds ``config.json`` (the encoder's configuration plus the head's),
+``model.safetensors`` and ``tokenizer.json``; load it with :func:`load_classifier`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging as transformers_logging
+
+from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.errors import ArtifactError
+from tabbert.models.configuration import TabBertConfig
+from tabbert.models.heads import HEADS
+from tabbert.models.tabbert import TabBertModel, TabBertModelOutput, TabBertPreTrainedModel
+
+ENCODERS = ("pretrained", "raw")
+TASKS = ("classification", "regression")
+LOSSES = {"classification": ("ce", "rmse"), "regression": ("mse", "rmse")}
+_NOT_INHERITED = ("model_type", "transformers_version", "architectures", "_name_or_path")
+
+
+class TabBertClassifierConfig(TabBertConfig):
+    """The encoder's :class:`TabBertConfig` plus the downstream settings.
+
+    Args:
+        encoder_kind: ``pretrained`` (a TabBERT encoder) or ``raw`` (field embeddings from scratch).
+        head: ``lstm`` or ``mlp``.
+        task: ``classification`` or ``regression``.
+        num_outputs: head outputs: 2 classes, or the number of regression values per window.
+        freeze_encoder: keep the encoder's weights fixed and its dropout off.
+        head_dropout: dropout before the head's output layer.
+        loss: see the module docstring; defaults to ``ce`` or ``mse`` by task.
+        class_weights: per-class weights of the classification loss, or None.
+        label_mode: window label, ``any`` row positive or the ``last`` row's.
+        target_mode: regression target, the ``last`` row's or ``all`` rows'.
+        target_names, target_mean, target_std: regression targets and their training statistics.
+        seq_len: rows per window the model was trained on.
+        threshold: score threshold for a positive prediction (best F1 on validation), if chosen.
+    """
+
+    model_type = "tabbert_classifier"
+
+    def __init__(
+        self,
+        encoder_kind: str = "pretrained",
+        head: str = "lstm",
+        task: str = "classification",
+        num_outputs: int = 2,
+        freeze_encoder: bool = True,
+        head_dropout: float = 0.1,
+        loss: str | None = None,
+        class_weights: Sequence[float] | None = None,
+        label_mode: str = "any",
+        target_mode: str = "last",
+        target_names: Sequence[str] = (),
+        target_mean: Sequence[float] = (),
+        target_std: Sequence[float] = (),
+        seq_len: int = 10,
+        threshold: float | None = None,
+        **kwargs,
+    ):
+        self.encoder_kind = encoder_kind
+        self.head = head
+        self.task = task
+        self.num_outputs = int(num_outputs)
+        self.freeze_encoder = bool(freeze_encoder)
+        self.head_dropout = head_dropout
+        self.loss = loss or LOSSES.get(task, ("ce",))[0]
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.label_mode = label_mode
+        self.target_mode = target_mode
+        self.target_names = [str(name) for name in target_names]
+        self.target_mean = [float(v) for v in target_mean]
+        self.target_std = [float(v) for v in target_std]
+        self.seq_len = int(seq_len)
+        self.threshold = None if threshold is None else float(threshold)
+        super().__init__(**kwargs)
+        self._validate_head()
+
+    @classmethod
+    def from_encoder_config(cls, encoder_config: TabBertConfig, **settings) -> TabBertClassifierConfig:
+        """The encoder's configuration with the downstream ``settings`` added."""
+        inherited = {k: v for k, v in encoder_config.to_dict().items() if k not in _NOT_INHERITED}
+        return cls(**inherited, **settings)
+
+    def _validate_head(self) -> None:
+        checks = (
+            ("encoder_kind", self.encoder_kind, ENCODERS),
+            ("head", self.head, tuple(HEADS)),
+            ("task", self.task, TASKS),
+            ("loss", self.loss, LOSSES.get(self.task, ())),
+        )
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.encoder_kind == "raw" and self.freeze_encoder:
+            raise ValueError("a raw encoder is trained from scratch and cannot be frozen")
+        if self.task == "regression":
+            n_targets = len(self.target_names)
+            if not n_targets or len(self.target_mean) != n_targets or len(self.target_std) != n_targets:
+                raise ValueError("regression needs target_names, target_mean and target_std of equal length")
+            if self.num_outputs % n_targets:
+                raise ValueError(f"num_outputs ({self.num_outputs}) must be a multiple of {n_targets} targets")
+
+
+class RawFieldEncoder(nn.Module):
+    """Field tokens → learned embeddings (``field_hidden`` each) → concatenated per row → ``hidden_size``."""
+
+    def __init__(self, config: TabBertConfig):
+        super().__init__()
+        self.field_embeddings = nn.Embedding(config.vocab_size, config.field_hidden, padding_idx=config.pad_token_id)
+        self.row_projection = nn.Linear(config.n_fields * config.field_hidden, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> TabBertModelOutput:
+        rows = self.field_embeddings(input_ids).flatten(start_dim=2)
+        return TabBertModelOutput(last_hidden_state=self.dropout(self.row_projection(rows)))
+
+
+class TabBertForSequenceClassification(TabBertPreTrainedModel):
+    """An encoder (pre-trained TabBERT or raw field embeddings) and an LSTM or MLP head.
+
+    ``forward(input_ids [B, L, F], attention_mask [B, L], labels)`` returns the head's ``logits``
+    and, with ``labels`` (class ids ``[B]``, or targets ``[B, T]`` / ``[B, L, T]`` in their own
+    units), the training ``loss``.
+    """
+
+    config_class = TabBertClassifierConfig
+    base_model_prefix = "encoder"
+
+    def __init__(self, config: TabBertClassifierConfig):
+        super().__init__(config)
+        self.encoder = RawFieldEncoder(config) if config.encoder_kind == "raw" else TabBertModel(config)
+        self.head = HEADS[config.head](config.hidden_size, config.num_outputs, config.head_dropout)
+        self.post_init()
+        self.encoder.requires_grad_(not config.freeze_encoder)
+
+    @classmethod
+    def from_encoder(cls, encoder: TabBertModel, **settings) -> TabBertForSequenceClassification:
+        """A new model around the weights of a pre-trained ``encoder``."""
+        config = TabBertClassifierConfig.from_encoder_config(encoder.config, encoder_kind="pretrained", **settings)
+        model = cls(config)
+        model.encoder.load_state_dict(encoder.state_dict())
+        return model
+
+    def train(self, mode: bool = True) -> TabBertForSequenceClassification:
+        """Switch the head (and an unfrozen encoder) to ``mode``; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            states = self.encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.head(states, attention_mask)
+        loss = None if labels is None else self.compute_loss(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured loss of ``logits`` against ``labels`` (targets in their own units)."""
+        if self.config.task == "regression":
+            error = F.mse_loss(logits, self.standardize(labels).flatten(start_dim=1))
+            return error.sqrt() if self.config.loss == "rmse" else error
+        weights = self._as_tensor(self.config.class_weights, logits) if self.config.class_weights else None
+        if self.config.loss == "ce":
+            return F.cross_entropy(logits, labels, weight=weights)
+        squared = (logits.softmax(dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)).pow(2).mean(dim=-1)
+        if weights is None:
+            return squared.mean().sqrt()
+        return ((squared * weights[labels]).sum() / weights[labels].sum()).sqrt()
+
+    def standardize(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets in their own units → the standardized scale the head is trained on."""
+        mean, std = self._as_tensor(self.config.target_mean, targets), self._as_tensor(self.config.target_std, targets)
+        return (targets - mean) / std
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Positive-class probability ``[B]``, or regression predictions in the targets' own units
+        (``[B, T]``, or ``[B, L, T]`` for ``target_mode="all"``)."""
+        if self.config.task == "classification":
+            return logits.softmax(dim=-1)[:, 1]
+        mean, std = self._as_tensor(self.config.target_mean, logits), self._as_tensor(self.config.target_std, logits)
+        values = logits.unflatten(-1, (-1, len(self.config.target_names))) * std + mean
+        return values.squeeze(1) if self.config.target_mode == "last" else values
+
+    @staticmethod
+    def _as_tensor(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=like.device)
+
+
+@contextmanager
+def _without_transformers_progress() -> Iterator[None]:
+    """Silence the per-file progress bars transformers draws while saving and loading weights."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def save_classifier(model: TabBertForSequenceClassification, tokenizer: TabularTokenizer, path: str | Path) -> Path:
+    """Write config.json, model.safetensors and tokenizer.json to the new directory ``path``, atomically."""
+    path = Path(path)
+    if path.exists():
+        raise ArtifactError(f"{path}: already exists; a model directory is never overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        with _without_transformers_progress():
+            model.save_pretrained(staging)
+        tokenizer.save(staging / "tokenizer.json")
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def load_encoder(path: str | Path) -> TabBertModel:
+    """The TabBERT encoder of a pre-training run (``RUN`` or ``RUN/model``)."""
+    return _load(TabBertModel, _model_dir(path), TabBertConfig.model_type, "pre-trained TabBERT")
+
+
+def load_classifier(path: str | Path) -> TabBertForSequenceClassification:
+    """A fine-tuned model (``RUN`` or ``RUN/model``), in eval mode."""
+    model = _load(TabBertForSequenceClassification, _model_dir(path), TabBertClassifierConfig.model_type, "fine-tuned")
+    return model.eval()
+
+
+def _model_dir(path: str | Path) -> Path:
+    """``path`` itself when it holds config.json, else its ``model/`` subdirectory."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such model directory")
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
+def _load(model_class, path: Path, model_type: str, what: str):
+    config_file, weights_file = path / "config.json", path / "model.safetensors"
+    if not config_file.is_file():
+        raise ArtifactError(f"{path}: not a model directory (no config.json)")
+    try:
+        found = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{config_file}: unreadable ({exc})") from exc
+    if found != model_type:
+        raise ArtifactError(f"{path}: holds a {found!r} model, not a {what} model ({model_type!r})")
+    if not weights_file.is_file():
+        raise ArtifactError(f"{weights_file}: missing")
+    try:
+        with _without_transformers_progress():
+            model, info = model_class.from_pretrained(path, output_loading_info=True)
+    except Exception as exc:  # safetensors, torch and transformers each raise their own types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(
+            f"{path}: cannot load the {what} model, the files are corrupt or incomplete ({reason})"
+        ) from exc
+    broken = sorted(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
+    if broken:
+        raise ArtifactError(f"{weights_file}: weights do not match config.json (missing or mis-shaped: {broken[:5]})")
+    return model
+
+
+AutoConfig.register(TabBertClassifierConfig.model_type, TabBertClassifierConfig, exist_ok=True)

@@ -1,0 +1,472 @@
+"""Masked-field pre-training of TabBERT with :class:`transformers.Trainer`.
+
+A run directory holds everything one pre-training run writes::
+
+    RUN/run.json          the run's settings (a resumed run must repeat them)
+    RUN/checkpoints/      periodic Trainer checkpoints (the newest few), for --resume
+    RUN/tensorboard/      TensorBoard event files (``tensorboard --logdir RUN/tensorboard``)
+    RUN/model/            the final model: config.json + model.safetensors + tokenizer.json
+    RUN/metrics.json      final losses, per-field masked accuracy against the majority baseline, speed
+    RUN/loss_curve.png    training and validation loss against the step
+
+Each step masks field tokens the BERT way (:class:`~tabbert.data.collate.MaskedFieldCollator`).
+Masks are drawn from a generator seeded by (seed, process, step), not from the global random
+state, so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the
+same final weights. Validation masks are drawn from a fixed seed, so every epoch is scored on
+the same masked positions. For each field the report gives the accuracy of the model on the
+masked tokens next to the accuracy of always guessing the field's most frequent training value:
+a field whose accuracy does not beat that baseline has not been learned.
+
+The same code runs on one process or many: under ``torchrun --nproc_per_node N`` the Trainer
+shards the batches and only the main process writes the run's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, stack_windows
+from tabbert.data.dataset import WindowDataset
+from tabbert.data.prepared import PreparedDataset
+from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer, write_json_atomic
+from tabbert.errors import ArtifactError, TabbertError
+from tabbert.models.configuration import TabBertConfig
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.reporting import format_table
+from tabbert.training.plots import plot_loss_curves
+
+DEFAULT_LEARNING_RATE = 5e-4
+_TRAIN_MASKS, _EVAL_MASKS = 0, 1
+# the columns of the per-window statistics gathered during evaluation
+_MASKED, _CORRECT, _MAJORITY_HITS, _LOSS = range(4)
+
+
+# ---------------------------------------------------------------------------- building blocks
+def collate_windows(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Stack unmasked windows; the trainer masks them step by step."""
+    input_ids, attention_mask = stack_windows(examples, PAD_ID)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def field_majorities(data: PreparedDataset, starts: np.ndarray, chunk_rows: int = 1 << 21) -> np.ndarray:
+    """Most frequent local id of every field over the rows that the windows ``starts`` cover."""
+    starts = np.asarray(starts, dtype=np.int64)
+    window_edges = np.bincount(starts, minlength=data.n_rows + 1) - np.bincount(starts + data.seq_len,
+                                                                                 minlength=data.n_rows + 1)
+    covered = np.cumsum(window_edges[: data.n_rows]) > 0
+    tokenizer = data.tokenizer
+    counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for begin in range(0, data.n_rows, chunk_rows):
+        tokens = np.asarray(data.tokens[begin : begin + chunk_rows])[covered[begin : begin + chunk_rows]]
+        counts += np.bincount(tokens.ravel(), minlength=tokenizer.vocab_size)[: tokenizer.vocab_size]
+    return np.array([
+        int(np.argmax(counts[offset : offset + size]))
+        for offset, size in zip(tokenizer.field_offsets, tokenizer.field_vocab_sizes)
+    ], dtype=np.int64)
+
+
+def masked_field_statistics(field_logits: Sequence[torch.Tensor], field_labels: Sequence[torch.Tensor],
+                            labels: torch.Tensor, majority: torch.Tensor) -> torch.Tensor:
+    """Per window and field ``[B, F, 4]``: masked tokens, correct predictions, tokens equal to the
+    field's majority value, and summed cross-entropy."""
+    batch, _, n_fields = labels.shape
+    statistics = torch.zeros((batch, n_fields, 4), dtype=torch.float32, device=labels.device)
+    for field, (logits, target) in enumerate(zip(field_logits, field_labels)):
+        window = torch.nonzero(labels[:, :, field] != IGNORE_INDEX)[:, 0]
+        values = torch.stack([
+            torch.ones_like(target, dtype=torch.float32),
+            (logits.argmax(dim=-1) == target).float(),
+            (target == majority[field]).float(),
+            F.cross_entropy(logits.float(), target, reduction="none"),
+        ], dim=1)
+        statistics[:, field].index_add_(0, window, values)
+    return statistics
+
+
+def field_report(field_names: Sequence[str], totals: np.ndarray) -> dict:
+    """Loss and accuracies from summed statistics ``[F, 4]`` (see :func:`masked_field_statistics`)."""
+    masked = totals[:, _MASKED]
+    overall = totals.sum(axis=0)
+    n = max(overall[_MASKED], 1.0)
+    fields = {
+        name: {
+            "masked": int(count),
+            "accuracy": float(correct / count) if count else None,
+            "majority_accuracy": float(hits / count) if count else None,
+            "loss": float(loss / count) if count else None,
+        }
+        for name, count, correct, hits, loss in zip(
+            field_names, masked, totals[:, _CORRECT], totals[:, _MAJORITY_HITS], totals[:, _LOSS])
+    }
+    return {
+        "loss": float(overall[_LOSS] / n),
+        "masked_accuracy": float(overall[_CORRECT] / n),
+        "majority_accuracy": float(overall[_MAJORITY_HITS] / n),
+        "masked_tokens": int(overall[_MASKED]),
+        "fields": fields,
+    }
+
+
+def metric_key(name: str) -> str:
+    """A field name as a log key: letters, digits and underscores."""
+    return re.sub(r"\W+", "_", name).strip("_")
+
+
+class TensorBoardLogs(TensorBoardCallback):
+    """TensorBoard event files in a fixed directory of the run instead of a dated one."""
+
+    def __init__(self, log_dir: str | Path):
+        super().__init__()
+        self.logging_dir = str(log_dir)
+
+
+# ---------------------------------------------------------------------------- trainer
+class MaskedFieldTrainer(Trainer):
+    """A Trainer that masks each training batch itself and scores validation field by field.
+
+    Args:
+        masker: the masking recipe; its generator is replaced at every use.
+        majority: each field's most frequent local id on the training rows, for the baseline.
+        field_names: names of the fields, for the report.
+        mask_seed: root of the seeds of all masks.
+    """
+
+    def __init__(self, *args, masker: MaskedFieldCollator, majority: np.ndarray, field_names: Sequence[str],
+                 mask_seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.masker = masker
+        self.majority = torch.as_tensor(majority, dtype=torch.long)
+        self.field_names = list(field_names)
+        self.mask_seed = mask_seed
+        self.windows_trained = 0
+        self.evaluation_seconds = 0.0
+        self.last_evaluation: dict | None = None
+
+    def _generator(self, purpose: int, step: int) -> torch.Generator:
+        key = [self.mask_seed, purpose, self.args.process_index, step]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+
+    def _mask(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        masker = dataclasses.replace(self.masker, generator=generator)
+        input_ids, labels = masker.mask(inputs["input_ids"].cpu(), inputs["attention_mask"].cpu())
+        device = inputs["input_ids"].device
+        return {**inputs, "input_ids": input_ids.to(device), "labels": labels.to(device)}
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.windows_trained += int(inputs["input_ids"].shape[0])
+        masked = self._mask(inputs, self._generator(_TRAIN_MASKS, self.state.global_step))
+        return super().training_step(model, masked, num_items_in_batch)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Validation loss and masked accuracy per field, with the majority-value baseline."""
+        started = time.perf_counter()
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        self.callback_handler.eval_dataloader = dataloader
+        model = self.model
+        model.eval()
+        generator = self._generator(_EVAL_MASKS, 0)
+        majority = self.majority.to(self.args.device)
+        totals = torch.zeros((len(self.field_names), 4), dtype=torch.float64)
+        with torch.inference_mode():
+            for batch in dataloader:
+                masked = self._mask(batch, generator)
+                output = model(**masked)
+                statistics = masked_field_statistics(
+                    output.field_logits, output.field_labels, masked["labels"], majority)
+                totals += self.accelerator.gather_for_metrics(statistics).sum(dim=0).double().cpu()
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        report = field_report(self.field_names, totals.numpy())
+        metrics = {
+            f"{metric_key_prefix}_loss": report["loss"],
+            f"{metric_key_prefix}_masked_accuracy": report["masked_accuracy"],
+            f"{metric_key_prefix}_majority_accuracy": report["majority_accuracy"],
+            **{
+                f"{metric_key_prefix}_accuracy_{metric_key(name)}": field["accuracy"]
+                for name, field in report["fields"].items() if field["accuracy"] is not None
+            },
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.last_evaluation = {"step": self.state.global_step, "epoch": self.state.epoch, **report}
+        self.evaluation_seconds += time.perf_counter() - started
+        return metrics
+
+
+# ---------------------------------------------------------------------------- the run
+def model_config(tokenizer: TabularTokenizer, seq_len: int, model: str, flat: bool, overrides: dict) -> TabBertConfig:
+    """A TabBertConfig of the named size for the tokenizer's fields and windows of ``seq_len`` rows."""
+    known = set(inspect.signature(TabBertConfig.__init__).parameters) - {"self", "kwargs", "field_names",
+                                                                         "field_offsets", "field_vocab_sizes"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TabbertError(f"unknown model settings {unknown}; known ones are {sorted(known)}")
+    settings = {"max_rows": seq_len, "vocab_size": tokenizer.vocab_size, "pad_token_id": PAD_ID,
+                "mask_token_id": MASK_ID, "schema_fingerprint": tokenizer.fingerprint(), **overrides}
+    try:
+        return TabBertConfig.from_size(
+            model, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
+            field_vocab_sizes=tokenizer.field_vocab_sizes, flat=flat, **settings,
+        )
+    except ValueError as exc:
+        raise TabbertError(f"invalid model settings: {exc}") from exc
+
+
+def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
+    """Refuse a non-empty run directory unless resuming the run with the same settings."""
+    if out.exists() and not out.is_dir():
+        raise TabbertError(f"{out}: exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not resume:
+        raise TabbertError(f"{out}: run directory exists and is not empty; pass --resume to continue that run, "
+                           "or choose a new --out")
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        raise ArtifactError(f"{out}: not a pre-training run directory (no run.json); cannot resume it")
+    try:
+        recorded = json.loads(run_file.read_text())["settings"]
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"{run_file}: unreadable ({exc})") from exc
+    changed = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
+    if changed:
+        listing = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
+        raise TabbertError(f"{out}: a resumed run needs the settings it was started with ({listing})")
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move a completed ``staging`` directory to ``target``, replacing an older one."""
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, target)
+
+
+def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer, target: Path) -> None:
+    """``save_pretrained`` plus ``tokenizer.json`` into a temporary sibling, renamed to ``target``."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        staging.chmod(0o755)
+        model.save_pretrained(staging)
+        tokenizer.save(staging / "tokenizer.json")
+        replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _training_arguments(out: Path, *, epochs, batch_size, lr, max_steps, seed, save_steps, save_total_limit,
+                        evaluate, bf16) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=lr,
+        lr_scheduler_type="linear",
+        logging_strategy="steps",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        report_to="none",
+        seed=seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
+
+
+def pretrain(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str = "small",
+    flat: bool = False,
+    epochs: float = 1,
+    batch_size: int = 64,
+    lr: float = DEFAULT_LEARNING_RATE,
+    max_steps: int = -1,
+    resume: bool = False,
+    seed: int = 0,
+    mlm_probability: float = 0.15,
+    mask_rows: bool = False,
+    save_steps: int = 500,
+    save_total_limit: int = 2,
+    bf16: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    **overrides,
+) -> dict:
+    """Pre-train TabBERT on the prepared dataset ``data_dir``; write the run to ``out_dir``.
+
+    ``model`` is a named size (``tiny``, ``small``, ``paper``); ``overrides`` change single
+    configuration values (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``field_hidden``, ...). Training runs ``epochs`` epochs, or ``max_steps`` optimizer steps when
+    positive. With ``resume`` an interrupted run continues from its newest checkpoint; it must be
+    given the same settings. ``bf16`` uses bfloat16 autocast when a CUDA device is present.
+    ``callbacks`` are extra :class:`~transformers.TrainerCallback` objects.
+
+    Returns the metrics written to ``RUN/metrics.json``.
+    """
+    started = time.perf_counter()
+    data = PreparedDataset(data_dir)
+    tokenizer = data.tokenizer
+    out = Path(out_dir)
+    if batch_size < 1:
+        raise TabbertError(f"the batch size must be at least 1, got {batch_size}")
+    if max_steps <= 0 and epochs <= 0:
+        raise TabbertError("give a positive number of epochs or of --max-steps")
+    if bf16 and not torch.cuda.is_available():
+        warnings.warn("bf16 needs a CUDA device; training in float32", stacklevel=2)
+        bf16 = False
+    train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
+    if len(train) == 0:
+        raise TabbertError(f"{data.path}: the training split has no windows")
+    settings = {
+        "data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(), "model": model,
+        "flat": flat, "overrides": dict(sorted(overrides.items())), "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "max_steps": max_steps, "seed": seed, "mlm_probability": mlm_probability,
+        "mask_rows": mask_rows, "save_steps": save_steps, "bf16": bf16,
+    }
+    config = model_config(tokenizer, data.seq_len, model, flat, overrides)
+    masker = MaskedFieldCollator(tokenizer.field_offsets, tokenizer.field_vocab_sizes,
+                                 mlm_probability=mlm_probability, mask_rows=mask_rows,
+                                 mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+
+    args = _training_arguments(
+        out, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, seed=seed, save_steps=save_steps,
+        save_total_limit=save_total_limit, evaluate=len(val) > 0, bf16=bf16,
+    )
+    # about 100 loss points per run; the step count depends on the world size the arguments found
+    steps_per_epoch = math.ceil(len(train) / (batch_size * args.world_size))
+    total_steps = max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+    args.logging_steps = max(1, total_steps // 100)
+    # every process inspects the run directory before the main process writes into it
+    prepare_run_dir(out, settings, resume)
+    args.distributed_state.wait_for_everyone()
+    checkpoint = get_last_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+    if args.process_index == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
+
+    set_seed(seed)
+    trainer = MaskedFieldTrainer(
+        model=TabBertForMaskedFieldModeling(config),
+        args=args,
+        data_collator=collate_windows,
+        train_dataset=train,
+        eval_dataset=val if len(val) else None,
+        callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
+        masker=masker,
+        majority=field_majorities(data, train.starts),
+        field_names=tokenizer.field_names,
+        mask_seed=seed,
+    )
+    train_started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - train_started - trainer.evaluation_seconds
+    if len(val) and (trainer.last_evaluation is None or trainer.last_evaluation["step"] != trainer.state.global_step):
+        trainer.evaluate()
+
+    metrics = _run_metrics(trainer, data, config, settings, train_seconds, started)
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, out / "model")
+        plot_loss_curves(trainer.state.log_history, out / "loss_curve.png",
+                         title=f"masked-field pre-training ({model})")
+        write_json_atomic(out / "metrics.json", metrics)
+    args.distributed_state.wait_for_everyone()
+    return metrics
+
+
+def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: TabBertConfig, settings: dict,
+                 train_seconds: float, started: float) -> dict:
+    world_size = trainer.args.world_size
+    history = trainer.state.log_history
+    train_losses = [[entry["step"], entry["loss"]] for entry in history if "loss" in entry]
+    evaluation = trainer.last_evaluation or {}
+    windows = trainer.windows_trained * world_size
+    return {
+        "data": str(data.path),
+        "model": {
+            "size": config.size, "flat": config.flat, "parameters": trainer.model.num_parameters(),
+            "field_hidden": config.field_hidden, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
+        },
+        "settings": settings,
+        "world_size": world_size,
+        "train_windows": len(trainer.train_dataset),
+        "val_windows": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": train_losses[-1][1] if train_losses else None,
+        "train_loss_history": train_losses,
+        "val_loss": evaluation.get("loss"),
+        "val_masked_accuracy": evaluation.get("masked_accuracy"),
+        "val_majority_accuracy": evaluation.get("majority_accuracy"),
+        "val_masked_tokens": evaluation.get("masked_tokens"),
+        "fields": evaluation.get("fields", {}),
+        "evaluations": [
+            {"step": entry["step"], "epoch": entry.get("epoch"), "val_loss": entry["eval_loss"],
+             "val_masked_accuracy": entry["eval_masked_accuracy"]}
+            for entry in history if "eval_loss" in entry
+        ],
+        "windows_trained": windows,
+        "windows_per_second": windows / train_seconds if train_seconds > 0 else None,
+        "train_seconds": round(train_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def summary(metrics: dict) -> str:
+    """The end-of-run tables: totals, then each field's masked accuracy against its majority baseline."""
+    speed = metrics["windows_per_second"]
+    totals = [
+        ("model", f"{metrics['model']['size']}{' flat' if metrics['model']['flat'] else ''}"),
+        ("parameters", metrics["model"]["parameters"]),
+        ("steps", metrics["steps"]),
+        ("epochs", round(metrics["epochs"] or 0.0, 3)),
+        ("train loss", metrics["train_loss"] if metrics["train_loss"] is not None else "-"),
+        ("val loss", metrics["val_loss"] if metrics["val_loss"] is not None else "-"),
+        ("val masked accuracy", metrics["val_masked_accuracy"] if metrics["val_masked_accuracy"] is not None else "-"),
+        ("val majority baseline", metrics["val_majority_accuracy"] if metrics["val_majority_accuracy"] is not None
+         else "-"),
+        ("windows/s", round(speed, 1) if speed else "-"),
+        ("seconds", metrics["seconds"]),
+    ]
+    text = format_table(totals, headers=("pretrain", "value"))
+    if metrics["fields"]:
+        rows = [
+            (name, field["masked"],
+             field["accuracy"] if field["accuracy"] is not None else "-",
+             field["majority_accuracy"] if field["majority_accuracy"] is not None else "-",
+             field["accuracy"] - field["majority_accuracy"] if field["accuracy"] is not None else "-")
+            for name, field in metrics["fields"].items()
+        ]
+        text += "\n\n" + format_table(rows, headers=("field", "masked", "accuracy", "majority", "lift"))
+    return text

@@ -1,0 +1,297 @@
+"""Fine-tuning, evaluation and their bad inputs, on tiny models and a few hundred windows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tabbert.cli import main
+from tabbert.data.preparation import prepare, prepare_table
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
+from tabbert.data.synthetic import generate_transactions, write_transactions
+from tabbert.errors import ArtifactError, TabbertError
+from tabbert.models.classifier import TabBertForSequenceClassification, load_classifier, load_encoder
+from tabbert.models.configuration import TabBertConfig
+from tabbert.models.heads import LSTMHead, MLPHead
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.training.evaluate import evaluate, score_windows
+from tabbert.training.finetune import finetune, training_order, upsampled_indices
+from tabbert.training.metrics import UndefinedMetricWarning, classification_metrics
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a busy machine makes them much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("finetune")
+
+
+@pytest.fixture(scope="module")
+def cards(workdir):
+    """A prepared card dataset with positives in every split (random split, 5 % fraud rows)."""
+    path = workdir / "cards.csv"
+    write_transactions(generate_transactions(10, seed=0, rows_per_user=200, fraud_rate=0.05), path)
+    return prepare("card", path, workdir / "prepared", split="random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained(workdir, cards):
+    """A tiny TabBERT saved as a pre-training run would save it."""
+    tokenizer = cards.tokenizer
+    config = TabBertConfig.from_size("tiny", field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
+                                     field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=cards.seq_len,
+                                     schema_fingerprint=tokenizer.fingerprint())
+    torch.manual_seed(0)
+    model_dir = workdir / "pretrain" / "model"
+    TabBertForMaskedFieldModeling(config).save_pretrained(model_dir)
+    tokenizer.save(model_dir / "tokenizer.json")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def run(workdir, cards, pretrained):
+    """A frozen-encoder LSTM fine-tuning run of three epochs."""
+    out = workdir / "run"
+    finetune(cards.path, out, pretrained=pretrained.parent, epochs=3, batch_size=64, lr=3e-3, progress=False)
+    return out
+
+
+def _encoder_weights(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+
+def test_heads_ignore_padding_rows():
+    torch.manual_seed(0)
+    states = torch.randn(2, 5, 8)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    for head in (LSTMHead(8, 2).eval(), MLPHead(8, 2).eval()):
+        padded = head(states, mask)
+        assert torch.allclose(padded[0], head(states[:1, 2:])[0], atol=1e-6)
+        assert torch.allclose(padded[1], head(states[1:])[0], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- frozen/unfrozen
+
+
+def test_frozen_encoder_stays_in_eval_mode_without_gradients(pretrained):
+    model = TabBertForSequenceClassification.from_encoder(load_encoder(pretrained), seq_len=10)
+    model.train()
+    assert model.head.training
+    assert not any(module.training for module in model.encoder.modules())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    ids = torch.randint(5, 20, (4, 10, model.config.n_fields))
+    first = model.encoder(ids).last_hidden_state
+    assert torch.equal(first, model.encoder(ids).last_hidden_state)  # dropout off while training
+
+
+def test_frozen_encoder_is_unchanged_by_training(run, pretrained):
+    before = _encoder_weights(load_encoder(pretrained))
+    after = _encoder_weights(load_classifier(run).encoder)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+
+
+def test_unfreeze_trains_the_encoder_and_label_last(workdir, cards, pretrained):
+    metrics = finetune(cards.path, workdir / "unfrozen", pretrained=pretrained, unfreeze=True, label="last",
+                       epochs=1, batch_size=64, encoder_lr=1e-3, progress=False)
+    before = _encoder_weights(load_encoder(pretrained))
+    model = load_classifier(workdir / "unfrozen")
+    after = _encoder_weights(model.encoder)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
+    # the window label of the newest row, not of any row
+    test = cards.windows("test")
+    assert model.config.label_mode == "last"
+    assert metrics["evaluate"]["test"]["positives"] == cards.window_labels(test, "last").sum()
+    assert cards.window_labels(test, "last").sum() < cards.window_labels(test, "any").sum()
+
+
+# ------------------------------------------------------------------------------- selection, imbalance
+
+
+def test_best_epoch_is_kept(run, cards):
+    metrics = json.loads((run / "metrics.json").read_text())
+    pr_aucs = [epoch["pr_auc"] for epoch in metrics["epochs"]]
+    assert len(pr_aucs) == 3 and metrics["metric"] == "pr_auc"
+    assert metrics["best_epoch"] == 1 + int(np.argmax(pr_aucs))
+    model = load_classifier(run)
+    val = cards.windows("val")
+    scores = score_windows(model, cards, val)
+    again = classification_metrics(cards.window_labels(val), scores)
+    assert again["pr_auc"] == pytest.approx(metrics["best_value"], abs=1e-6)
+    assert model.config.threshold == pytest.approx(again["threshold"])
+
+
+def test_same_seed_same_run(workdir, cards, pretrained, run):
+    again = finetune(cards.path, workdir / "again", pretrained=pretrained, epochs=3, batch_size=64, lr=3e-3,
+                     progress=False)
+    first = json.loads((run / "metrics.json").read_text())
+    assert [e["val_loss"] for e in again["epochs"]] == [e["val_loss"] for e in first["epochs"]]
+
+
+def test_upsampling_raises_the_positive_share():
+    labels = np.zeros(1000, dtype=np.int64)
+    labels[:10] = 1
+    rng = np.random.default_rng(0)
+    order = upsampled_indices(labels, 0.5, rng)
+    assert labels[order].mean() == pytest.approx(0.5, abs=0.001)
+    assert set(np.flatnonzero(labels == 0)) <= set(order.tolist())  # every negative once
+    batches = [labels[order[i:i + 64]].mean() for i in range(0, len(order), 64)]
+    assert np.mean(batches) > 0.4
+    assert np.sort(training_order(labels, "classification", "none", 0.5, rng)).tolist() == list(range(1000))
+    # nothing to repeat when positives already reach the share
+    assert len(upsampled_indices(labels, 0.005, rng)) == 1000
+
+
+def test_class_weights_and_rmse_loss(workdir, cards, pretrained):
+    metrics = finetune(cards.path, workdir / "weights", pretrained=pretrained, imbalance="weights", loss="rmse",
+                       head="mlp", epochs=1, batch_size=128, progress=False)
+    config = load_classifier(workdir / "weights").config
+    assert config.loss == "rmse" and config.head == "mlp"
+    assert config.class_weights[1] > config.class_weights[0]
+    assert 0 < metrics["epochs"][0]["train_loss"] < 1
+
+
+# ------------------------------------------------------------------------------------------ regression
+
+
+def _regression_table(n_entities: int = 6, rows: int = 60) -> Table:
+    rng = np.random.default_rng(0)
+    n = n_entities * rows
+    temp = rng.normal(10.0, 5.0, n)
+    frame = pl.DataFrame({
+        ROW: np.arange(n, dtype=np.uint64),
+        ENTITY: np.repeat([f"s{i}" for i in range(n_entities)], rows),
+        TIME: np.tile(np.datetime64("2020-01-01T00:00", "us") + np.arange(rows) * np.timedelta64(1, "h"), n_entities),
+        "wind": rng.choice(["N", "S", "E"], n),
+        "temp": temp,
+        "pm": 200.0 + 30.0 * temp + rng.normal(0.0, 5.0, n),
+        "pm_coarse": 500.0 - 10.0 * temp,
+    })
+    schema = TableSchema(fields=(FieldSpec("wind", "categorical"), FieldSpec("temp", "numeric", n_bins=8)),
+                         labels=("pm", "pm_coarse"), task="regression", time_features=("hour",))
+    return Table(frame, schema, "regression table", rows_in=n)
+
+
+def test_regression_standardizes_and_reports_original_units(workdir):
+    data = prepare_table(_regression_table(), workdir / "regression", seq_len=4, stride=2, split="random")
+    metrics = finetune(data.path, workdir / "regression-run", encoder="raw", size="tiny", epochs=2, batch_size=32,
+                       lr=1e-2, progress=False)
+    model = load_classifier(workdir / "regression-run")
+    train_targets = data.window_targets(data.windows("train"))
+    assert model.config.target_mean == pytest.approx(train_targets.mean(axis=0).tolist(), rel=1e-5)
+    assert model.config.target_std == pytest.approx(train_targets.std(axis=0).tolist(), rel=1e-4)
+    # standardize -> the head's scale -> scores() back in the targets' own units
+    targets = torch.from_numpy(train_targets[:5])
+    assert torch.allclose(model.scores(model.standardize(targets)), targets, rtol=1e-5)
+    test = data.windows("test")
+    predictions = score_windows(model, data, test)
+    truth = data.window_targets(test)
+    figures = metrics["evaluate"]["test"]
+    rmse = float(np.sqrt(np.mean((predictions[:, 0] - truth[:, 0]) ** 2)))
+    assert figures["rmse_pm"] == pytest.approx(rmse, rel=1e-4)
+    assert figures["mae_pm_coarse"] == pytest.approx(float(np.mean(np.abs(predictions[:, 1] - truth[:, 1]))), rel=1e-4)
+    assert metrics["metric"] == "rmse" and "threshold" not in figures
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_metrics_and_curves(run, cards):
+    for name in ("training_curve.png", "test_pr_curve.png", "test_roc_curve.png"):
+        assert (run / name).stat().st_size > 1000
+    figures = evaluate(run / "model", cards.path, "val")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["evaluate"]) == {"test", "val"}
+    assert metrics["evaluate"]["val"] == json.loads(json.dumps(figures))
+    for key in ("f1", "precision", "recall", "roc_auc", "pr_auc", "recall_at_1pct_fpr", "confusion_matrix"):
+        assert metrics["evaluate"]["test"][key] is not None
+    # the threshold comes from validation and is applied unchanged to test
+    assert metrics["evaluate"]["test"]["threshold"] == metrics["threshold"] == figures["threshold"]
+    assert (run / "val_pr_curve.png").is_file()
+
+
+def test_split_without_positives_gives_none_and_a_warning(workdir, run, cards):
+    copy = workdir / "no-positives"
+    shutil.copytree(cards.path, copy)
+    test = cards.windows("test")
+    np.save(copy / "windows_test.npy", test[cards.window_labels(test) == 0])
+    with pytest.warns(UndefinedMetricWarning, match="undefined"):
+        figures = evaluate(run, copy, "test")
+    assert figures["positives"] == 0
+    assert figures["roc_auc"] is None and figures["pr_auc"] is None and figures["recall_at_1pct_fpr"] is None
+    assert figures["plots"] == []
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_model_for_another_schema_is_refused(workdir, run, pretrained):
+    other = prepare_table(_regression_table(), workdir / "other-schema", seq_len=4, stride=2, split="random")
+    with pytest.raises(ArtifactError, match="fields"):
+        evaluate(run, other.path)
+    with pytest.raises(ArtifactError, match="fields"):
+        finetune(other.path, workdir / "mismatch", pretrained=pretrained, progress=False)
+
+
+def test_corrupt_or_truncated_weights(workdir, run, cards):
+    broken = workdir / "broken"
+    shutil.copytree(run, broken)
+    weights = broken / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="corrupt"):
+        evaluate(broken, cards.path)
+    weights.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        evaluate(broken, cards.path)
+    with pytest.raises(ArtifactError, match="not a fine-tuned"):
+        load_classifier(run.parent / "pretrain")
+
+
+def test_bad_options(workdir, cards, pretrained):
+    with pytest.raises(TabbertError, match="--pretrained"):
+        finetune(cards.path, workdir / "x1", progress=False)
+    with pytest.raises(TabbertError, match="takes no --pretrained"):
+        finetune(cards.path, workdir / "x2", encoder="raw", pretrained=pretrained, progress=False)
+    with pytest.raises(TabbertError, match="metric"):
+        finetune(cards.path, workdir / "x3", pretrained=pretrained, metric="rmse", progress=False)
+    with pytest.raises(TabbertError, match="regression"):
+        finetune(cards.path, workdir / "x4", pretrained=pretrained, task="regression", progress=False)
+    with pytest.raises(TabbertError, match="not empty"):
+        finetune(cards.path, cards.path, pretrained=pretrained, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def test_finetune_and_evaluate_commands(workdir, cards, capsys):
+    out = workdir / "cli-raw"
+    assert main(["finetune", "--data", str(cards.path), "--out", str(out), "--encoder", "raw", "--size", "tiny",
+                 "--head", "mlp", "--epochs", "1", "--batch-size", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert "val PR-AUC" in printed and "best epoch" in printed
+    assert load_classifier(out).config.encoder_kind == "raw"
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(cards.path), "--split", "val"]) == 0
+    assert "pr_auc" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["evaluate", "--model", str(workdir / "nowhere"), "--data", str(cards.path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -419,3 +419,18 @@ def test_read_source_dispatch(tmp_path):
         read_source("card", cards, keep_missing=True)
     with pytest.raises(TabbertError, match="only for 'generic'"):
         read_source("card", cards, schema=schema)
+
+
+def test_card_without_labels_for_scoring(tmp_path):
+    source = tmp_path / "labelled.csv"
+    source.write_text(
+        "User,Card,Year,Month,Day,Time,Amount,Use Chip,Merchant Name,Merchant City,Merchant State,Zip,MCC,Errors?,Is Fraud?\n"
+        "0,0,2002,9,1,06:21,$134.09,Swipe Transaction,3527213246127876953,La Verne,CA,91750.0,5300,,No\n"
+    )
+    unlabelled = tmp_path / "new.csv"
+    unlabelled.write_text("\n".join(line.rsplit(",", 1)[0] for line in source.read_text().splitlines()) + "\n")
+    with pytest.raises(DataError, match="missing columns \\['Is Fraud\\?'\\]"):
+        read_card(unlabelled)
+    table = read_card(unlabelled, require_labels=False)
+    assert table.frame["Is Fraud?"].null_count() == 1 and table.frame["Amount"].to_list() == [134.09]
+    assert read_card(source, require_labels=False).frame["Is Fraud?"].to_list() == [0]

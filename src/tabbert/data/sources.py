@@ -115,7 +115,8 @@ class _Query:
 # Readers
 
 
-def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday", "gap")) -> Table:
+def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday", "gap"),
+              require_labels: bool = True) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
 
     The entity is ``User``; ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
@@ -123,11 +124,14 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     Merchant City, Merchant State, Zip ("91750.0" becomes "91750"), MCC and Errors?. The label
     is ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State,
     Zip and Errors? empty); User, Card, MCC must be integers, and any bad value in a column that
-    is parsed is an error, so no row is ever dropped.
+    is parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new
+    transactions to score) the ``Is Fraud?`` column may be absent; labels are then null.
     """
     files = _source_files(path, DATA_FILE_PATTERNS)
+    labelled = require_labels or CARD_LABEL in _columns(files[0])
+    expected = CARD_COLUMNS if labelled else tuple(c for c in CARD_COLUMNS if c != CARD_LABEL)
     for file in files:
-        _require_exact_columns(file, CARD_COLUMNS)
+        _require_exact_columns(file, expected)
     query = _Query()
     for name, what in (("User", "an integer user id"), ("Card", "an integer card number")):
         query.check(name, _integer(name).is_null(), what)
@@ -141,7 +145,8 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     chip, fraud = pl.col("Use Chip"), pl.col(CARD_LABEL)
     query.check("Use Chip", ~chip.is_in(CARD_USE_CHIP).fill_null(False), f"one of {list(CARD_USE_CHIP)}")
     query.check("MCC", _integer("MCC").is_null(), "an integer merchant category code")
-    query.check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No")
+    if labelled:
+        query.check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No")
     query.values = {
         ENTITY: pl.col("User"),
         TIME: timestamp,
@@ -154,7 +159,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         "Zip": pl.col("Zip").str.strip_suffix(".0"),
         "MCC": pl.col("MCC"),
         "Errors?": pl.col("Errors?"),
-        CARD_LABEL: (fraud == "Yes").cast(pl.Int8),
+        CARD_LABEL: (fraud == "Yes").cast(pl.Int8) if labelled else pl.lit(None, pl.Int8),
     }
     frame, rows_in, dropped = _run(_describe(path), files, _scanner(as_text=True), query)
     schema = TableSchema(
@@ -168,14 +173,15 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     return Table(frame, schema, _describe(path), rows_in, dropped)
 
 
-def read_prsa(path: Sources, *, keep_missing: bool = False) -> Table:
+def read_prsa(path: Sources, *, keep_missing: bool = False, require_labels: bool = True) -> Table:
     """Read the UCI PRSA station files: a folder (its ``PRSA_Data_*.csv``), one file or a list.
 
     The entity is ``station``; ``_time`` comes from year, month, day and hour. Input fields:
     SO2, NO2, CO, O3, TEMP, PRES, DEWP, RAIN, WSPM (numeric, 50 bins each) and the wind
     direction ``wd``; PM2.5 and PM10 are regression targets, never inputs. "NA" marks a missing
     value. By default a row with any missing value is dropped; with ``keep_missing`` only a row
-    missing a target is, and missing inputs stay missing (null).
+    missing a target is, and missing inputs stay missing (null). ``require_labels=False``
+    (rows to score) keeps rows whose targets are missing.
     """
     files = _source_files(path, ("PRSA_Data_*.csv",))
     for file in files:
@@ -187,7 +193,7 @@ def read_prsa(path: Sources, *, keep_missing: bool = False) -> Table:
     for name in (*PRSA_FIELDS, *PRSA_TARGETS):
         query.values[name] = pl.col(name) if name == "wd" else _number(query, name)
     query.check("station", pl.col("station").is_null(), "a station name")
-    droppable = PRSA_TARGETS if keep_missing else PRSA_TARGETS + PRSA_FIELDS
+    droppable = (PRSA_TARGETS if require_labels else ()) + (() if keep_missing else PRSA_FIELDS)
     query.drop_if_missing = tuple(name for name in PRSA_COLUMNS if name in droppable)
     frame, rows_in, dropped = _run(_describe(path), files, _scanner(null_values=("NA",)), query)
     schema = TableSchema(

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tabbert.data.schema import ENTITY, TIME, TableSchema
+from tabbert.data.schema import ENTITY, ROW, TIME, TableSchema
 from tabbert.errors import ArtifactError, TabbertError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[CLS]", "[MASK]")
@@ -75,7 +75,7 @@ class FieldVocab:
         return ["[UNK]", "[MISSING]", *names]
 
 
-def _time_feature_expr(feature: str) -> pl.Expr:
+def _time_feature_expr(feature: str, order_by: tuple[str, ...] = (TIME,)) -> pl.Expr:
     time = pl.col(TIME)
     if feature == "timestamp":
         return time.dt.epoch("s").cast(pl.Float64)
@@ -84,7 +84,7 @@ def _time_feature_expr(feature: str) -> pl.Expr:
     if feature == "weekday":
         return (time.dt.weekday() - 1).cast(pl.Int32)
     if feature == "gap":
-        previous = time.shift(1).over(ENTITY, order_by=TIME)
+        previous = time.shift(1).over(ENTITY, order_by=list(order_by))
         return (time - previous).dt.total_seconds().cast(pl.Float64)
     raise TabbertError(f"unknown time feature {feature!r}")
 
@@ -103,7 +103,7 @@ def with_time_features(frame: pl.DataFrame, features, order: np.ndarray | None =
             gap[order] = gap_seconds
             columns.append(pl.Series(f"time.{feature}", gap, nan_to_null=True))
         else:
-            columns.append(frame.select(_time_feature_expr(feature).alias(f"time.{feature}")).to_series())
+            columns.append(_time_column(frame, feature))
     return frame.with_columns(columns)
 
 
@@ -112,7 +112,8 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
     name = f"time.{feature}"
     if name in frame.columns:
         return frame.get_column(name)
-    return frame.select(_time_feature_expr(feature).alias(name)).to_series()
+    order_by = (TIME, ROW) if ROW in frame.columns else (TIME,)
+    return frame.select(_time_feature_expr(feature, order_by).alias(name)).to_series()
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:

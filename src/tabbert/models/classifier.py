@@ -16,7 +16,9 @@ with the training split's mean and standard deviation, which the configuration k
 :meth:`TabBertForSequenceClassification.scores` returns predictions in the targets' own units.
 
 A fine-tuned directory holds ``config.json`` (the encoder's configuration plus the head's),
-``model.safetensors`` and ``tokenizer.json``; load it with :func:`load_classifier`.
+``model.safetensors`` and ``tokenizer.json``: write it with :func:`save_classifier`, read it
+with :func:`load_classifier`, which turns a missing, corrupt or foreign checkpoint into an
+:class:`~tabbert.errors.ArtifactError`.
 """
 
 from __future__ import annotations

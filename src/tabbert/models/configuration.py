@@ -74,6 +74,8 @@ class TabBertConfig(PretrainedConfig):
     """
 
     model_type = "tabbert"
+    # transformers.Trainer's prediction loop leaves these outputs out of the logits it gathers
+    keys_to_ignore_at_inference = ["last_hidden_state"]
 
     def __init__(
         self,

@@ -86,6 +86,8 @@ def _bert_config(config: TabBertConfig, **settings) -> BertConfig:
 
 
 class TabBertPreTrainedModel(PreTrainedModel):
+    """Weight initialization and loading for the TabBERT models."""
+
     config_class = TabBertConfig
     base_model_prefix = "tabbert"
     supports_gradient_checkpointing = True
@@ -289,9 +291,10 @@ class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
         labels: torch.LongTensor | None = None,
     ) -> TabBertMaskedFieldOutput:
         encoded = self.tabbert(input_ids, attention_mask=attention_mask)
+        row_states = encoded.last_hidden_state
         if labels is None:
-            states = encoded.token_hidden_states if self.config.flat else encoded.last_hidden_state
-            return TabBertMaskedFieldOutput(field_logits=self.heads(states), last_hidden_state=encoded.last_hidden_state)
+            states = encoded.token_hidden_states if self.config.flat else row_states
+            return TabBertMaskedFieldOutput(field_logits=self.heads(states), last_hidden_state=row_states)
 
         n_fields = self.config.n_fields
         by_field = (labels != IGNORE_INDEX).permute(2, 0, 1).reshape(n_fields, -1)  # [F, B*L]
@@ -300,7 +303,7 @@ class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
         if self.config.flat:
             vectors, index = encoded.token_hidden_states.flatten(0, 2), row * n_fields + field
         else:
-            vectors, index = encoded.last_hidden_state.flatten(0, 1), row
+            vectors, index = row_states.flatten(0, 1), row
         field_logits = self.heads.masked_logits(vectors.index_select(0, index).split(counts))
         field_labels = labels.reshape(-1).index_select(0, row * n_fields + field).split(counts)
         total = sum(
@@ -310,7 +313,7 @@ class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
             loss=total / max(len(row), 1),
             field_logits=field_logits,
             field_labels=field_labels,
-            last_hidden_state=encoded.last_hidden_state,
+            last_hidden_state=row_states,
         )
 
 

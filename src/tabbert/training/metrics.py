@@ -73,6 +73,8 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
             stacklevel=2,
         )
         result.update(roc_auc=None, pr_auc=None, recall_at_1pct_fpr=None)
+        if positives == 0:  # recall is 0/0, and so F1 with it
+            result.update(recall=None, f1=None)
     return result
 
 

@@ -1,0 +1,75 @@
+"""The demo's Table 1 over several seeds: mean and spread of F1, PR-AUC and ROC-AUC per model.
+
+Each seed is a full ``tabbert demo`` run (its own generated data, splits and training). A seed
+whose run directory already holds a finished ``metrics.json`` is read, not rerun.
+
+    python benchmarks/bench_demo_seeds.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from tabbert.demo import ROWS, DemoSettings, run_demo
+from tabbert.reporting import markdown_table
+
+HERE = Path(__file__).resolve().parent
+METRICS = ("f1", "pr_auc", "roc_auc", "train_seconds")
+
+
+def seed_table(work: Path, seed: int, settings: DemoSettings) -> dict:
+    run = work / f"seed{seed}"
+    if not (run / "metrics.json").is_file():
+        run_demo(run, settings)
+    return json.loads((run / "metrics.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=HERE / "_work" / "demo_seeds")
+    parser.add_argument("--quick", action="store_true", help="the demo's --quick sizes")
+    args = parser.parse_args()
+
+    runs = {}
+    for seed in args.seeds:
+        settings = DemoSettings.quick(seed) if args.quick else DemoSettings(seed=seed)
+        runs[seed] = seed_table(args.work, seed, settings)
+
+    summary = {}
+    for label, _ in ROWS:
+        summary[label] = {}
+        for metric in METRICS:
+            values = [runs[s]["table"][label][metric] for s in args.seeds]
+            values = np.array([np.nan if v is None else v for v in values], dtype=float)
+            summary[label][metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
+                                      "values": values.tolist()}
+    rows = [(label, *(f"{summary[label][m]['mean']:.3f} ± {summary[label][m]['std']:.3f}" for m in METRICS[:3]),
+             f"{summary[label]['train_seconds']['mean']:.0f}") for label, _ in ROWS]
+    table = markdown_table(rows, headers=("model", "F1", "PR-AUC", "ROC-AUC", "train s"))
+    pretrain = [runs[s]["step_seconds"]["pre-train TabBERT"] for s in args.seeds]
+    positives = [runs[s]["data"]["positive_windows"]["test"] for s in args.seeds]
+    result = {
+        "seeds": args.seeds,
+        "settings": runs[args.seeds[0]]["settings"],
+        "table": summary,
+        "pretrain_seconds": pretrain,
+        "test_positive_windows": positives,
+        "total_seconds": [runs[s]["total_seconds"] for s in args.seeds],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    print(table)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "demo_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "demo_seeds.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+import torch
+
+from tabbert.cli import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_explains_its_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: tabbert " + command in out and "--" in out
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    code = main(["prepare", "--source", "card", "--input", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "absent.csv" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_demo_runs_every_step(tmp_path, one_thread, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--users", "40", "--pretrain-steps", "40"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert list(summary["table"]) == ["LightGBM", "raw MLP", "raw LSTM", "TabBERT MLP", "TabBERT LSTM"]
+    for row in summary["table"].values():
+        assert row["train_seconds"] > 0
+        assert row["roc_auc"] is None or 0.0 <= row["roc_auc"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "| TabBERT LSTM |" in report and "pretrain/loss_curve.png" in report
+    for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("- [")]:
+        assert (out / link).is_file()
+    assert "TabBERT LSTM" in capsys.readouterr().out

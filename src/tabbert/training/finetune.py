@@ -8,7 +8,9 @@ fixed and its dropout off); ``unfreeze`` trains it too, at its own smaller learn
 ``encoder_lr``. ``encoder="raw"`` trains field embeddings from scratch instead (the paper's raw
 LSTM/MLP baselines). After every epoch the validation windows are scored; the best epoch by
 ``metric`` is kept (PR-AUC by default; regression: the lowest RMSE) and training stops after
-``patience`` epochs without improvement.
+``patience`` epochs without improvement. A frozen encoder gives every window the same outputs
+in every epoch, so they are computed once and the head trains on them (up to
+``FROZEN_CACHE_BYTES`` of outputs; beyond that the encoder runs with each batch).
 
 Rare positives: ``imbalance="upsample"`` (the default for classification, as in the paper)
 repeats positive training windows every epoch until they make ``upsample_ratio`` of it;
@@ -58,6 +60,8 @@ from tabbert.training.evaluate import EVAL_BATCH_SIZE, evaluate, figures, window
 from tabbert.training.metrics import UndefinedMetricWarning, best_f1_threshold
 from tabbert.training.plots import plot_loss_curves
 
+FROZEN_CACHE_BYTES = 4 << 30
+
 IMBALANCE = ("upsample", "weights", "none")
 LABEL_MODES = ("any", "last")
 TARGET_MODES = ("last", "all")
@@ -71,6 +75,7 @@ class WindowSplit:
     name: str
     starts: np.ndarray
     truth: np.ndarray
+    states: torch.Tensor | None = None  # the frozen encoder's outputs, when cached
 
     @classmethod
     def read(cls, data: PreparedDataset, name: str, task: str, label: str, target: str) -> WindowSplit:
@@ -156,6 +161,8 @@ def finetune(
                         loss=loss, imbalance=imbalance, label=label, target=target, unfreeze=unfreeze)
     run_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(run_device)
+    for split in (train, val):
+        cache_encoder_outputs(model, data, split, progress=progress)
     order = training_order(train.truth, task, imbalance, upsample_ratio, rng)
     steps_per_epoch = math.ceil(math.ceil(len(order) / batch_size) / grad_accum)
     optimization = Optimization.create(
@@ -280,8 +287,12 @@ def train_epoch(model: TabBertForSequenceClassification, data: PreparedDataset, 
     interval, interval_batches = torch.zeros((), device=device), 0
     for batch in tqdm(range(n_batches), desc=description, unit="batch", disable=not progress, leave=False):
         index = order[batch * batch_size:(batch + 1) * batch_size]
-        input_ids = torch.from_numpy(data.window_tokens(split.starts[index]).astype(np.int64)).to(device)
-        loss = model(input_ids, labels=torch.from_numpy(split.truth[index]).to(device)).loss
+        labels = torch.from_numpy(split.truth[index]).to(device)
+        if split.states is not None:
+            loss = model.compute_loss(model.head(split.states[index].to(device), None), labels)
+        else:
+            input_ids = torch.from_numpy(data.window_tokens(split.starts[index]).astype(np.int64)).to(device)
+            loss = model(input_ids, labels=labels).loss
         (loss / optimization.grad_accum).backward()
         total += loss.detach()
         interval += loss.detach()
@@ -365,10 +376,33 @@ def upsampled_indices(labels: np.ndarray, ratio: float, rng: np.random.Generator
     return rng.permutation(np.concatenate([negatives, repeated, remainder]))
 
 
+def cache_encoder_outputs(model: TabBertForSequenceClassification, data: PreparedDataset, split: WindowSplit, *,
+                          progress: bool = False) -> None:
+    """Store the frozen encoder's outputs of every window of ``split`` (when they fit the budget)."""
+    config = model.config
+    size = len(split.starts) * data.seq_len * config.hidden_size * 4
+    if not config.freeze_encoder or size > FROZEN_CACHE_BYTES:
+        return
+    model.encoder.eval()
+    outputs = []
+    with torch.inference_mode():
+        for begin in tqdm(range(0, len(split.starts), EVAL_BATCH_SIZE), desc=f"encoding {split.name} windows",
+                          unit="batch", disable=not progress, leave=False):
+            ids = data.window_tokens(split.starts[begin:begin + EVAL_BATCH_SIZE]).astype(np.int64)
+            outputs.append(model.encoder(torch.from_numpy(ids).to(model.device)).last_hidden_state.cpu())
+    split.states = torch.cat(outputs)
+
+
 def validate(model: TabBertForSequenceClassification, data: PreparedDataset,
              split: WindowSplit) -> tuple[float, np.ndarray]:
     """Loss and scores (probabilities or predictions in the targets' units) on a split."""
-    logits = window_logits(model, data, split.starts, batch_size=EVAL_BATCH_SIZE)
+    if split.states is None:
+        logits = window_logits(model, data, split.starts, batch_size=EVAL_BATCH_SIZE)
+    else:
+        model.eval()
+        with torch.inference_mode():
+            logits = torch.cat([model.head(split.states[i:i + EVAL_BATCH_SIZE].to(model.device), None)
+                                for i in range(0, len(split.starts), EVAL_BATCH_SIZE)])
     with torch.inference_mode():
         loss = model.compute_loss(logits, torch.from_numpy(split.truth).to(logits.device)).item()
         return loss, model.scores(logits).float().cpu().numpy()

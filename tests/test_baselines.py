@@ -5,13 +5,12 @@ import lightgbm
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import make_table, shared_file
+
 from tabbert.baselines.features import WindowFeatures
 from tabbert.baselines.lightgbm import lightgbm_names, train_lightgbm
 from tabbert.cli import main
 from tabbert.data.preparation import prepare, prepare_table
-from tabbert.data.prepared import PreparedDataset
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.errors import TabbertError

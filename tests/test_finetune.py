@@ -16,7 +16,11 @@ from tabbert.data.preparation import prepare, prepare_table
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.errors import ArtifactError, TabbertError
-from tabbert.models.classifier import TabBertForSequenceClassification, load_classifier, load_encoder
+from tabbert.models.classifier import (
+    TabBertForSequenceClassification,
+    load_classifier,
+    load_encoder,
+)
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.heads import LSTMHead, MLPHead
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling

@@ -17,7 +17,11 @@ from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.errors import ArtifactError, DataError
 from tabbert.inference import predict, score_table
-from tabbert.models.classifier import TabBertForSequenceClassification, load_classifier, save_classifier
+from tabbert.models.classifier import (
+    TabBertForSequenceClassification,
+    load_classifier,
+    save_classifier,
+)
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel
 from tabbert.training.evaluate import score_windows

@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_table
-from tabbert.data.prepared import PreparedDataset
+
 from tabbert.data.preparation import prepare_table
+from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, DataError, TabbertError
 

@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import make_table
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import make_table
 from tabbert.cli import main
 from tabbert.commands.embed import write_embeddings
 from tabbert.data.preparation import prepare, prepare_table

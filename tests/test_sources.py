@@ -13,7 +13,14 @@ import pytest
 import yaml
 
 from tabbert.data.schema import ENTITY, ROW, TIME, SchemaError
-from tabbert.data.sources import CARD_COLUMNS, PRSA_COLUMNS, read_card, read_generic, read_prsa, read_source
+from tabbert.data.sources import (
+    CARD_COLUMNS,
+    PRSA_COLUMNS,
+    read_card,
+    read_generic,
+    read_prsa,
+    read_source,
+)
 from tabbert.errors import DataError, TabbertError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -8,11 +8,16 @@ import gzip
 import numpy as np
 import polars as pl
 import pytest
+from conftest import shared_file
 
 from tabbert.cli import main
-from tabbert.data.synthetic import COLUMNS, generate_transactions, output_format, write_transactions
+from tabbert.data.synthetic import (
+    COLUMNS,
+    generate_transactions,
+    output_format,
+    write_transactions,
+)
 from tabbert.errors import TabbertError
-from conftest import shared_file
 
 REAL_HEADER = ("User,Card,Year,Month,Day,Time,Amount,Use Chip,Merchant Name,Merchant City,Merchant State,Zip,MCC,"
                "Errors?,Is Fraud?")

@@ -24,8 +24,6 @@ In a notebook::
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +33,10 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
+from tabbert.atomic import atomic_path
 from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.tokenizer import FIELD_UNK, PAD_ID, TabularTokenizer
-from tabbert.errors import DataError, TabbertError
+from tabbert.errors import DataError
 from tabbert.models.classifier import TabBertForSequenceClassification
 from tabbert.training.evaluate import load_finetuned
 
@@ -173,16 +172,6 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
 def write_scores(scores: pl.DataFrame, path: str | Path) -> Path:
     """Write the scores as CSV through a temporary sibling file and a rename."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise TabbertError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(handle, "wb") as file:
-            scores.write_csv(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        scores.write_csv(temporary)
     return path

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from tabbert.atomic import atomic_path
 from tabbert.baselines.features import WindowFeatures
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.data.tokenizer import write_json_atomic
@@ -240,14 +240,8 @@ def _safe_name(name: str) -> str:
 
 def _save_booster(booster: lgb.Booster, path: Path) -> None:
     """Write the booster (its best iteration) in LightGBM's text format, atomically."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as temporary:
         booster.save_model(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _top_features(boosters: list[lgb.Booster], names: list[str]) -> list[dict]:

@@ -17,8 +17,6 @@ Embeddings are fixed-size lists of float32, e.g. ``np.stack(polars.read_parquet(
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from tabbert.atomic import atomic_path
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.data.windows import SPLITS
@@ -97,12 +96,8 @@ def write_embeddings(model_dir: str | Path, data_dir: str | Path, out: str | Pat
     split_names = np.repeat(np.array(splits, dtype=object), [len(s) for s in starts])
     starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
     schema = _schema(data, encoder.config.hidden_size, level)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
     records = 0
-    try:
+    with atomic_path(out) as temporary:
         with pq.ParquetWriter(temporary, schema) as writer, torch.inference_mode():
             for begin in tqdm(range(0, len(starts), batch_size), desc="embedding", unit="batch",
                               total=-(-len(starts) // batch_size)):
@@ -113,11 +108,6 @@ def write_embeddings(model_dir: str | Path, data_dir: str | Path, out: str | Pat
                 batch = _records(data, starts[chunk], split_names[chunk], hidden, attention_mask, schema)
                 writer.write_table(batch)
                 records += batch.num_rows
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return {"windows": int(len(starts)), "records": records, "hidden_size": int(encoder.config.hidden_size)}
 
 

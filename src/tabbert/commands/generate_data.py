@@ -33,7 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tabbert.data.synthetic import generate_transactions, output_format, write_transactions
+    from tabbert.data.synthetic import (
+        generate_transactions,
+        output_format,
+        write_transactions,
+    )
 
     output_format(args.out)  # a bad suffix fails before any work
 

@@ -40,7 +40,16 @@ from typing import NoReturn
 
 import polars as pl
 
-from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, GenericSchemaFile, SchemaError, Table, TableSchema
+from tabbert.data.schema import (
+    ENTITY,
+    ROW,
+    TIME,
+    FieldSpec,
+    GenericSchemaFile,
+    SchemaError,
+    Table,
+    TableSchema,
+)
 from tabbert.errors import DataError, TabbertError
 
 PathLike = str | os.PathLike

@@ -42,7 +42,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from tabbert.atomic import atomic_path
 from tabbert.errors import TabbertError
 
 COLUMNS = (
@@ -443,7 +443,7 @@ class _Block:
 
     def habitual_rows(self) -> dict[str, np.ndarray]:
         """Everyday purchases at the user's own local and online merchants."""
-        rng, world = self.rng, _world()
+        rng = self.rng
         user = np.repeat(np.arange(self.n), self.n_rows - self.n_travel)
         online = rng.random(len(user)) < self.online_share[user]
         local = _pick_within(rng, user, self.local["owner"], self.local["weight"])
@@ -672,12 +672,7 @@ def write_transactions(frame: pl.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     kind = output_format(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise TabbertError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(handle, "wb") as raw:
+        with atomic_path(path) as temporary, open(temporary, "wb") as raw:
             if kind == "parquet":
                 frame.write_parquet(raw)
             elif kind == "csv.gz":
@@ -685,10 +680,5 @@ def write_transactions(frame: pl.DataFrame, path: str | os.PathLike) -> None:
                     frame.write_csv(packed)
             else:
                 frame.write_csv(raw)
-        os.replace(temporary, path)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
         raise TabbertError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.schema import ENTITY, ROW, TIME, TableSchema
 from tabbert.errors import ArtifactError, TabbertError
 
@@ -293,18 +292,3 @@ class TabularTokenizer:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{f.name}={f.size}" for f in self.fields)
         return f"TabularTokenizer(vocab_size={self.vocab_size}, fields=[{sizes}])"
-
-
-def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

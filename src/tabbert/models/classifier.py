@@ -42,7 +42,11 @@ from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.heads import HEADS
-from tabbert.models.tabbert import TabBertModel, TabBertModelOutput, TabBertPreTrainedModel
+from tabbert.models.tabbert import (
+    TabBertModel,
+    TabBertModelOutput,
+    TabBertPreTrainedModel,
+)
 
 ENCODERS = ("pretrained", "raw")
 TASKS = ("classification", "regression")

@@ -22,7 +22,11 @@ import torch
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer, write_json_atomic
 from tabbert.errors import ArtifactError, TabbertError
-from tabbert.models.classifier import TabBertClassifierConfig, TabBertForSequenceClassification, load_classifier
+from tabbert.models.classifier import (
+    TabBertClassifierConfig,
+    TabBertForSequenceClassification,
+    load_classifier,
+)
 from tabbert.training.metrics import (
     UndefinedMetricWarning,
     best_f1_threshold,

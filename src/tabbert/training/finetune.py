@@ -56,7 +56,13 @@ from tabbert.models.classifier import (
 )
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.heads import HEADS
-from tabbert.training.evaluate import EVAL_BATCH_SIZE, evaluate, figures, window_logits, window_truth
+from tabbert.training.evaluate import (
+    EVAL_BATCH_SIZE,
+    evaluate,
+    figures,
+    window_logits,
+    window_truth,
+)
 from tabbert.training.metrics import UndefinedMetricWarning, best_f1_threshold
 from tabbert.training.plots import plot_loss_curves
 

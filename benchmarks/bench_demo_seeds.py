@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tabbert.atomic import write_json_atomic
 from tabbert.demo import ROWS, DemoSettings, run_demo
 from tabbert.reporting import markdown_table
 
@@ -53,6 +54,7 @@ def main() -> None:
     rows = [(label, *(f"{summary[label][m]['mean']:.3f} ± {summary[label][m]['std']:.3f}" for m in METRICS[:3]),
              f"{summary[label]['train_seconds']['mean']:.0f}") for label, _ in ROWS]
     table = markdown_table(rows, headers=("model", "F1", "PR-AUC", "ROC-AUC", "train s"))
+    fields = field_table(args.work, args.seeds)
     pretrain = [runs[s]["step_seconds"]["pre-train TabBERT"] for s in args.seeds]
     positives = [runs[s]["data"]["positive_windows"]["test"] for s in args.seeds]
     result = {
@@ -61,14 +63,28 @@ def main() -> None:
         "table": summary,
         "pretrain_seconds": pretrain,
         "test_positive_windows": positives,
+        "pretrain_fields": fields,
         "total_seconds": [runs[s]["total_seconds"] for s in args.seeds],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    print(table)
+    field_rows = [(name, f"{f['accuracy']:.3f}", f"{f['majority_accuracy']:.3f}",
+                   f"{f['accuracy'] - f['majority_accuracy']:+.3f}") for name, f in fields.items()]
+    fields_md = markdown_table(field_rows, headers=("field", "masked accuracy", "majority baseline", "gain"))
+    print(table + "\n\n" + fields_md)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "demo_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "demo_seeds.md").write_text(table + "\n")
+    write_json_atomic(out / "demo_seeds.json", result)
+    (out / "demo_seeds.md").write_text(table + "\n\nValidation masked accuracy per field (mean over seeds):\n\n"
+                                       + fields_md + "\n")
+
+
+def field_table(work: Path, seeds: list[int]) -> dict:
+    """Per-field validation masked accuracy of each seed's pre-training, and the majority baseline."""
+    per_seed = [json.loads((work / f"seed{s}" / "pretrain" / "metrics.json").read_text())["fields"] for s in seeds]
+    return {
+        name: {key: float(np.mean([fields[name][key] for fields in per_seed])) for key in ("accuracy", "majority_accuracy")}
+        for name in per_seed[0]
+    }
 
 
 if __name__ == "__main__":

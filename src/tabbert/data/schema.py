@@ -8,7 +8,8 @@ Normalized layout
 ``_row``      source row number (0-based, data rows only), UInt64
 ``_entity``   entity key (card holder, station ...), String
 ``_time``     row timestamp, Datetime("us")
-input fields  one column per :class:`FieldSpec`: String for categorical, Float64 for numeric
+input fields  one column per :class:`FieldSpec`: String or Categorical for categorical, Float64
+              for numeric
 labels        one column per label/target: Int8 (0/1) for classification, Float64 for regression
 """
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,11 @@ class FieldVocab:
     @property
     def size(self) -> int:
         return N_FIELD_SPECIALS + self.n_tokens
+
+    def to_dict(self) -> dict:
+        """The JSON form (lists shared, not copied: vocabularies can be large)."""
+        return {"name": self.name, "kind": self.kind, "source": self.source, "offset": self.offset,
+                "values": self.values, "edges": self.edges}
 
     def labels(self) -> list[str]:
         """Human-readable label of every local id."""
@@ -115,6 +120,20 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
     return frame.select(_time_feature_expr(feature, order_by).alias(name)).to_series()
 
 
+def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
+    """Local ids of a Categorical column through its codes: one lookup per distinct value."""
+    distinct = column.unique().drop_nulls()
+    codes = column.to_physical()
+    known = distinct.cast(pl.String).replace_strict(
+        vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
+    )
+    table = np.full(int(distinct.to_physical().max() or 0) + 1, FIELD_UNK, dtype=np.int32)
+    table[distinct.to_physical().to_numpy()] = known.to_numpy()
+    local = table[codes.fill_null(0).to_numpy()]
+    local[codes.is_null().to_numpy()] = FIELD_MISSING
+    return local
+
+
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Distinct quantile bin edges (min and max included) of the finite ``values``."""
     values = values[np.isfinite(values)]
@@ -135,6 +154,7 @@ class TabularTokenizer:
             vocab.offset = offset
             offset += vocab.size
         self.vocab_size = offset
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -192,6 +212,8 @@ class TabularTokenizer:
         return frame.get_column(vocab.source)
 
     def _local_ids(self, vocab: FieldVocab, column: pl.Series) -> np.ndarray:
+        if vocab.kind == "categorical" and column.dtype == pl.Categorical:
+            return _categorical_local_ids(vocab, column)
         if vocab.kind == "categorical":
             mapped = column.cast(pl.String).replace_strict(
                 vocab.values,
@@ -246,8 +268,10 @@ class TabularTokenizer:
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
         """A short hash of the field layout and vocabularies: equal tokenizers, equal ids."""
-        payload = json.dumps([asdict(f) for f in self.fields], sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        if self._fingerprint is None:
+            payload = json.dumps([f.to_dict() for f in self.fields], sort_keys=True).encode()
+            self._fingerprint = hashlib.sha256(payload).hexdigest()[:16]
+        return self._fingerprint
 
     def to_dict(self) -> dict:
         return {
@@ -256,7 +280,7 @@ class TabularTokenizer:
             "vocab_size": self.vocab_size,
             "fingerprint": self.fingerprint(),
             "schema": self.schema.to_dict(),
-            "fields": [asdict(f) | {"size": f.size} for f in self.fields],
+            "fields": [f.to_dict() | {"size": f.size} for f in self.fields],
         }
 
     def save(self, path: str | Path) -> Path:

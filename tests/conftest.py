@@ -45,6 +45,17 @@ def make_table(entity_lengths: dict[str, int], positives: dict[str, list[int]] |
     return Table(frame=frame, schema=schema, path="hand-made", rows_in=frame.height)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine threads make them much slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def three_entity_table() -> Table:
     return make_table({"a": 23, "b": 10, "c": 7}, positives={"a": [12], "b": [0]})

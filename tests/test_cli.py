@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from tabbert.cli import COMMANDS, main
 
@@ -31,15 +30,7 @@ def test_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     assert err.startswith("error: ") and "absent.csv" in err and "Traceback" not in err
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_quick_demo_runs_every_step(tmp_path, one_thread, capsys):
+def test_quick_demo_runs_every_step(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--users", "40", "--pretrain-steps", "40"]) == 0
     summary = json.loads((out / "metrics.json").read_text())

@@ -29,15 +29,6 @@ from tabbert.training.finetune import finetune, training_order, upsampled_indice
 from tabbert.training.metrics import UndefinedMetricWarning, classification_metrics
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("finetune")

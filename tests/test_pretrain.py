@@ -33,15 +33,6 @@ TINY = dict(model="tiny", batch_size=16, lr=2e-3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest, and steadiest on a busy machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def card_data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("card")

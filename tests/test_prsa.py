@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tabbert.data.preparation import prepare
 from tabbert.training.finetune import finetune
@@ -26,15 +25,6 @@ def _prsa_dir():
     if not PRSA_DIR.is_dir():
         pytest.skip(f"PRSA station files not found at {PRSA_DIR}; place ../shared/data/prsa beside the project")
     return PRSA_DIR
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

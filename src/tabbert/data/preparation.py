@@ -61,13 +61,7 @@ def prepare(
     test begin, else row-time quantiles of ``fractions``) or ``random`` (the reference protocol:
     windows shuffled into splits; overlapping windows of one entity leak across splits).
     """
-    if split not in SPLIT_METHODS:
-        raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_METHODS}")
-    split_fractions(fractions)
-    if seq_len < 1 or stride < 1:
-        raise TabbertError(f"--seq-len and --stride must be >= 1 (got {seq_len}, {stride})")
-    out = Path(out)
-    check_output_dir(out)
+    _check_options(out, seq_len, stride, split, fractions)
     if not Path(input).exists():
         raise DataError(input, "input not found")
     from tabbert.data.sources import read_source
@@ -76,7 +70,8 @@ def prepare(
         digest = pool.submit(source_digest, input)
         started = time.perf_counter()
         table = read_source(source, input, schema=schema, **reader_options)
-        source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": round(time.perf_counter() - started, 3)}
+        read_seconds = round(time.perf_counter() - started, 3)
+        source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": read_seconds}
         return prepare_table(
             table, out, seq_len=seq_len, stride=stride, split=split, fractions=fractions, cutoffs=cutoffs,
             seed=seed, source_info=source_info, digest=digest, started=started,
@@ -88,10 +83,7 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
                   digest=None, started: float | None = None) -> PreparedDataset:
     """Prepare an already-read :class:`Table` (see :func:`prepare` for the options)."""
     started = time.perf_counter() if started is None else started
-    if split not in SPLIT_METHODS:
-        raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_METHODS}")
-    split_fractions(fractions)
-    check_output_dir(Path(out))
+    _check_options(out, seq_len, stride, split, fractions)
     arrays, tokenizer, entities, meta = _prepare_table(table, seq_len, stride, split, fractions, cutoffs, seed)
     meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
     if digest is not None:
@@ -193,6 +185,16 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     if table.rows_in != frame.height + sum(table.dropped.values()):
         raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
     return arrays, tokenizer, entities, meta
+
+
+def _check_options(out, seq_len: int, stride: int, split: str, fractions) -> None:
+    """Fail before any work on options that cannot be prepared."""
+    if split not in SPLIT_METHODS:
+        raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_METHODS}")
+    split_fractions(fractions)
+    if seq_len < 1 or stride < 1:
+        raise TabbertError(f"--seq-len and --stride must be >= 1 (got {seq_len}, {stride})")
+    check_output_dir(Path(out))
 
 
 def _parse_cutoffs(cutoffs) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from tabbert.data.collate import MaskedFieldCollator
 from tabbert.data.dataset import WindowDataset
@@ -39,7 +39,7 @@ from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import write_json_atomic
 from tabbert.models.configuration import TabBertConfig
-from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling, row_bert_config
 from tabbert.reporting import format_table
 
 HERE = Path(__file__).resolve().parent
@@ -69,19 +69,7 @@ def make_batches(dataset: WindowDataset, collator: MaskedFieldCollator, batch_si
 
 def reference_bert(config: TabBertConfig) -> BertModel:
     """A plain BERT with the shape, dropout and attention implementation of TabBERT's row BERT."""
-    return BertModel(BertConfig(
-        vocab_size=1,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_rows,
-        type_vocab_size=1,
-        attn_implementation=config._attn_implementation,
-    ), add_pooling_layer=False)
+    return BertModel(row_bert_config(config), add_pooling_layer=False)
 
 
 def training_step(model: torch.nn.Module, loss_of: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], None]:

@@ -56,6 +56,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def fraud_card_csv(tmp_path_factory) -> Path:
+    """Generated card transactions with 5 % fraud rows, so that every split has positives."""
+    from tabbert.data.synthetic import generate_transactions, write_transactions
+
+    path = tmp_path_factory.mktemp("fraud-cards") / "cards.csv"
+    write_transactions(generate_transactions(10, seed=0, rows_per_user=200, fraud_rate=0.05), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fraud_cards(fraud_card_csv):
+    """``fraud_card_csv`` prepared with the random window split (positives in every split)."""
+    from tabbert.data.preparation import prepare
+
+    return prepare("card", fraud_card_csv, fraud_card_csv.parent / "prepared", split="random", seed=0)
+
+
 @pytest.fixture
 def three_entity_table() -> Table:
     return make_table({"a": 23, "b": 10, "c": 7}, positives={"a": [12], "b": [0]})

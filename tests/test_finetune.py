@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from tabbert.cli import main
-from tabbert.data.preparation import prepare, prepare_table
+from tabbert.data.preparation import prepare_table
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
-from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.classifier import (
     TabBertForSequenceClassification,
@@ -35,11 +34,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cards(workdir):
-    """A prepared card dataset with positives in every split (random split, 5 % fraud rows)."""
-    path = workdir / "cards.csv"
-    write_transactions(generate_transactions(10, seed=0, rows_per_user=200, fraud_rate=0.05), path)
-    return prepare("card", path, workdir / "prepared", split="random", seed=0)
+def cards(fraud_cards):
+    return fraud_cards
 
 
 @pytest.fixture(scope="module")

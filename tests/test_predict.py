@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from tabbert.cli import main
-from tabbert.data.preparation import prepare
 from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.sources import read_card
-from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.errors import ArtifactError, DataError
 from tabbert.inference import predict, score_table
@@ -35,15 +33,14 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def csv(workdir):
-    path = workdir / "cards.csv"
-    write_transactions(generate_transactions(10, seed=0, rows_per_user=200, fraud_rate=0.05), path)
-    return path
+def csv(fraud_card_csv):
+    return fraud_card_csv
 
 
 @pytest.fixture(scope="module")
-def cards(workdir, csv):
-    return prepare("card", csv, workdir / "prepared", seq_len=SEQ_LEN, split="random", seed=0)
+def cards(fraud_cards):
+    assert fraud_cards.seq_len == SEQ_LEN
+    return fraud_cards
 
 
 @pytest.fixture(scope="module")

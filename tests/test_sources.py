@@ -442,3 +442,15 @@ def test_card_without_labels_for_scoring(tmp_path):
     table = read_card(unlabelled, require_labels=False)
     assert table.frame["Is Fraud?"].null_count() == 1 and table.frame["Amount"].to_list() == [134.09]
     assert read_card(source, require_labels=False).frame["Is Fraud?"].to_list() == [0]
+
+
+def test_generic_rows_to_score_need_no_labels(tmp_path):
+    data, schema = _generic(tmp_path)
+    table = read_generic(data, schema, require_labels=False)
+    assert (table.rows_in, table.rows_kept, table.dropped) == (5, 5, {})
+    unlabelled = pl.read_csv(data, infer_schema=False).drop("label")
+    unlabelled.write_csv(tmp_path / "new.csv")
+    with pytest.raises(DataError, match="label"):
+        read_generic(tmp_path / "new.csv", schema)
+    table = read_generic(tmp_path / "new.csv", schema, require_labels=False)
+    assert table.rows_kept == 5 and table.frame["label"].null_count() == 5

@@ -148,10 +148,8 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         from tabbert.data.sources import read_source
 
         source = source or tokenizer.schema.source
-        options = {"keep_missing": True, "require_labels": False} if source == "prsa" else {}
-        if source == "card":
-            options["require_labels"] = False
-        table = read_source(source, data, schema=schema, **options)
+        options = {"keep_missing": True} if source == "prsa" else {}
+        table = read_source(source, data, schema=schema, require_labels=False, **options)
         frame, name, dropped = table.frame, str(data), dict(table.dropped)
     needed = list(dict.fromkeys([ROW, ENTITY, TIME, *tokenizer.required_columns]))
     missing = [column for column in needed if column not in frame.columns]

@@ -218,7 +218,7 @@ def read_prsa(path: Sources, *, keep_missing: bool = False, require_labels: bool
     return Table(frame, schema, _describe(path), rows_in, dropped)
 
 
-def read_generic(path: Sources, schema_path: PathLike) -> Table:
+def read_generic(path: Sources, schema_path: PathLike, *, require_labels: bool = True) -> Table:
     """Read CSV or Parquet data (a file, a list, or a folder of them) described by a schema file.
 
     See :class:`~tabbert.data.schema.GenericSchemaFile` for the keys. The entity key joins its
@@ -228,7 +228,9 @@ def read_generic(path: Sources, schema_path: PathLike) -> Table:
     Classification labels map numbers 0/1, ``positive_values`` (to 1) and "0", "no", "false",
     "n" (to 0), case-insensitively; regression targets are floats. In CSV, empty values and
     "NA", "N/A", "NaN", "null" are missing. A row missing a label is dropped and counted; a row
-    missing its entity or time is an error. Columns the schema does not name are ignored.
+    missing its entity or time is an error. Columns the schema does not name are ignored. With
+    ``require_labels=False`` (rows to score) label columns may be absent and no row is dropped
+    for a missing label.
     """
     spec = GenericSchemaFile.load(schema_path)
     try:
@@ -238,7 +240,9 @@ def read_generic(path: Sources, schema_path: PathLike) -> Table:
     if len(spec.time) not in (1, 3, 4, 5):
         raise SchemaError(f"{schema_path}: 'time' must be one column or [year, month, day(, hour(, minute))]")
     files = _source_files(path, DATA_FILE_PATTERNS)
-    named = list(dict.fromkeys((*spec.entity, *spec.time, *schema.field_names, *spec.labels)))
+    first_columns = set(_columns(files[0]))
+    labels = [name for name in spec.labels if require_labels or name in first_columns]
+    named = list(dict.fromkeys((*spec.entity, *spec.time, *schema.field_names, *labels)))
     for file in files:
         present = set(_columns(file))
         absent = [name for name in named if name not in present]
@@ -261,11 +265,13 @@ def read_generic(path: Sources, schema_path: PathLike) -> Table:
     for name in spec.numeric:
         query.values[name] = _generic_number(query, files[0], name, dtypes[name])
     for name in spec.labels:
-        if spec.task == "classification":
+        if name not in labels:
+            query.values[name] = pl.lit(None, pl.Int8 if spec.task == "classification" else pl.Float64)
+        elif spec.task == "classification":
             query.values[name] = _class_label(query, name, spec.positive_values)
         else:
             query.values[name] = _generic_number(query, files[0], name, dtypes[name])
-    query.drop_if_missing = spec.labels
+    query.drop_if_missing = spec.labels if require_labels else ()
     frame, rows_in, dropped = _run(_describe(path), files, scan, query)
     return Table(frame, schema, _describe(path), rows_in, dropped)
 

@@ -85,6 +85,19 @@ def _bert_config(config: TabBertConfig, **settings) -> BertConfig:
     return BertConfig(**{**shared, **settings})
 
 
+def row_bert_config(config: TabBertConfig) -> BertConfig:
+    """The BertConfig of the hierarchical model's BERT across rows (fed with ``inputs_embeds``)."""
+    return _bert_config(
+        config,
+        vocab_size=1,
+        max_position_embeddings=config.max_rows,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+    )
+
+
 class TabBertPreTrainedModel(PreTrainedModel):
     """Weight initialization and loading for the TabBERT models."""
 
@@ -159,10 +172,7 @@ class TabBertModel(TabBertPreTrainedModel):
                 )
             )
             self.row_projection = nn.Linear(n_fields * config.field_hidden, config.hidden_size)
-            self.bert = BertModel(
-                _bert_config(config, vocab_size=1, max_position_embeddings=config.max_rows, **self._row_shape(config)),
-                add_pooling_layer=False,
-            )
+            self.bert = BertModel(row_bert_config(config), add_pooling_layer=False)
             # rows enter the row BERT as inputs_embeds: it has no use for a word table
             self.bert.embeddings.word_embeddings = None
         self.post_init()

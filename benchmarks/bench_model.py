@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from transformers import BertModel
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.collate import MaskedFieldCollator
 from tabbert.data.dataset import WindowDataset
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
-from tabbert.data.tokenizer import write_json_atomic
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling, row_bert_config
 from tabbert.reporting import format_table

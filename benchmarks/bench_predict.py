@@ -32,10 +32,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
-from tabbert.data.tokenizer import PAD_ID, write_json_atomic
+from tabbert.data.tokenizer import PAD_ID
 from tabbert.inference import PREDICT_BATCH_SIZE, Prediction, score_table
 from tabbert.models.classifier import (
     TabBertForSequenceClassification,

@@ -11,10 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import check_output_dir
 from tabbert.data.synthetic import generate_transactions, write_transactions
-from tabbert.data.tokenizer import write_json_atomic
 from tabbert.reporting import format_table, markdown_table
 
 

@@ -30,10 +30,9 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from tabbert.atomic import atomic_path
+from tabbert.atomic import atomic_path, write_json_atomic
 from tabbert.baselines.features import WindowFeatures
 from tabbert.data.prepared import PreparedDataset, check_output_dir
-from tabbert.data.tokenizer import write_json_atomic
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
 from tabbert.training.metrics import (

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tabbert.data.tokenizer import TabularTokenizer, write_json_atomic
+from tabbert.atomic import write_json_atomic
+from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.data.windows import SPLITS, window_labels, window_targets
 from tabbert.errors import ArtifactError, TabbertError
 

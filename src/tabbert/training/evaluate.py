@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import TabularTokenizer, write_json_atomic
+from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.classifier import (
     TabBertClassifierConfig,

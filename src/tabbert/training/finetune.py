@@ -43,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
-from tabbert.data.tokenizer import write_json_atomic
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.classifier import (
     ENCODERS,

@@ -43,10 +43,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from tabbert.atomic import write_json_atomic
 from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, stack_windows
 from tabbert.data.dataset import WindowDataset
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer, write_json_atomic
+from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling

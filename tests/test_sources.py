@@ -86,7 +86,7 @@ def test_card_real_file(card_table):
     assert frame[TIME].max().date() == dt.date(2020, 2, 28)
     assert not frame["Zip"].cast(pl.String).drop_nulls().str.ends_with(".0").any()
     first = frame.row(0, named=True)
-    assert (first[ENTITY], first["Amount"], first["Zip"], first["MCC"]) == ("0", 134.09, "91750", "5300")
+    assert (first[ENTITY], first["Amount"], first["Zip"], first["MCC"]) == ("0", 134.09, 91750, 5300)
     assert frame["Amount"].min() < 0  # refunds like $-77.00
 
 
@@ -94,10 +94,10 @@ def test_card_layout_and_schema(card_table):
     schema = card_table.schema
     assert card_table.frame.schema == pl.Schema(
         {
-            ROW: pl.UInt64, ENTITY: pl.String, TIME: pl.Datetime("us"), "Card": pl.Categorical(),
-            "Amount": pl.Float64, "Use Chip": pl.Categorical(), "Merchant Name": pl.Categorical(),
-            "Merchant City": pl.Categorical(), "Merchant State": pl.Categorical(), "Zip": pl.Categorical(),
-            "MCC": pl.Categorical(), "Errors?": pl.Categorical(),
+            ROW: pl.UInt64, ENTITY: pl.String, TIME: pl.Datetime("us"), "Card": pl.Int64,
+            "Amount": pl.Float64, "Use Chip": pl.Categorical(), "Merchant Name": pl.Int64,
+            "Merchant City": pl.Categorical(), "Merchant State": pl.Categorical(), "Errors?": pl.Categorical(),
+            "Zip": pl.Int64, "MCC": pl.Int64,
             "Is Fraud?": pl.Int8,
         }
     )  # fmt: skip
@@ -119,6 +119,13 @@ def test_card_gzip_and_parquet_match_csv(card_table, tmp_path):
     typed = tmp_path / "typed.parquet"  # inferred types: integer ids, float Zip
     pl.read_csv(CARD_FILE, infer_schema_length=None).write_parquet(typed)
     assert read_card(typed).frame.equals(card_table.frame)
+
+
+def test_card_columns_in_another_order(card_table, tmp_path):
+    raw = pl.read_csv(CARD_FILE, infer_schema=False)
+    reordered = tmp_path / "reordered.csv"
+    raw.select(raw.columns[::-1]).write_csv(reordered)
+    assert read_card(reordered).frame.equals(card_table.frame)
 
 
 def test_card_quoted_empty_text_is_missing(tmp_path):
@@ -150,6 +157,9 @@ def test_card_missing_and_extra_columns(tmp_path):
         ("User", "u7", "integer"),
         ("Card", "1.5", "integer"),
         ("MCC", "53x0", "integer"),
+        ("Merchant Name", "Acme", "integer merchant id"),
+        ("Zip", "9175O", "zip code"),
+        ("Zip", "91750.5", "zip code"),
     ],
 )
 def test_card_bad_values_name_file_column_row_value(tmp_path, column, value, expected):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from tabbert.data.windows import (
 from tabbert.errors import DataError, TabbertError
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+ENCODING_THREADS = 2  # fields are encoded in parallel; Polars and NumPy release the GIL
 
 
 def source_digest(path: str | Path) -> str:
@@ -66,11 +68,12 @@ def prepare(
         raise DataError(input, "input not found")
     from tabbert.data.sources import read_source
 
+    started = time.perf_counter()
+    table = read_source(source, input, schema=schema, **reader_options)
+    read_seconds = round(time.perf_counter() - started, 3)
+    # hashing the input overlaps the mostly single-threaded steps after the (parallel) read
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(source_digest, input)
-        started = time.perf_counter()
-        table = read_source(source, input, schema=schema, **reader_options)
-        read_seconds = round(time.perf_counter() - started, 3)
         source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": read_seconds}
         return prepare_table(
             table, out, seq_len=seq_len, stride=stride, split=split, fractions=fractions, cutoffs=cutoffs,
@@ -96,14 +99,8 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     frame, schema = table.frame, table.schema
     if frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
-    # stable: rows of one entity at the same time keep their source order
-    order = frame.select(pl.arg_sort_by([ENTITY, TIME], maintain_order=True)).to_series().to_numpy()
-    entity_sorted = frame.get_column(ENTITY).gather(order)
-    starts_of_entity = np.flatnonzero((entity_sorted != entity_sorted.shift(1)).fill_null(True).to_numpy())
-    entity_offsets = np.append(starts_of_entity, frame.height).astype(np.int64)
-    entities = entity_sorted.gather(starts_of_entity).cast(pl.String).to_list()
+    order, entity_offsets, entities, times = entity_time_order(frame)
     lengths = np.diff(entity_offsets)
-    times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
     gap_seconds = np.empty(frame.height, dtype=np.float64)
     gap_seconds[1:] = np.diff(times) / 1e6
     gap_seconds[entity_offsets[:-1]] = np.nan
@@ -119,14 +116,17 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         train_sorted = times < bounds[0]
     else:
         train_sorted = np.ones(frame.height, dtype=bool)
-    train_rows = np.empty(frame.height, dtype=bool)
-    train_rows[order] = train_sorted
+    train_rows = train_sorted if order is None else np.empty_like(train_sorted)
+    if order is not None:
+        train_rows[order] = train_sorted
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
     tokenizer = TabularTokenizer.fit(frame, schema, rows=train_rows)
     tokens = np.empty((frame.height, len(tokenizer.fields)), dtype=np.int32)
-    for j in range(len(tokenizer.fields)):
-        tokens[:, j] = tokenizer.encode_field(frame, j)[order]
+    with ThreadPoolExecutor(max_workers=ENCODING_THREADS) as pool:
+        for j, ids in enumerate(pool.map(partial(tokenizer.encode_field, frame), range(len(tokenizer.fields)))):
+            tokens[:, j] = ids
+    tokens = _ordered(tokens, order)
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":
@@ -138,23 +138,23 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
 
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
     values = np.column_stack(
-        [frame.get_column(c).cast(pl.Float32).to_numpy()[order] for c in value_columns] + [gap_seconds]
+        [_ordered(frame.get_column(c).cast(pl.Float32).to_numpy(), order) for c in value_columns] + [gap_seconds]
     )
     arrays = {
         "tokens": tokens,
         "values": values.astype(np.float32),
         "entity_offsets": entity_offsets,
         "times": times,
-        "row_ids": frame.get_column(ROW).to_numpy()[order].astype(np.int64),
+        "row_ids": _ordered(frame.get_column(ROW).to_numpy(), order).astype(np.int64),
     }
     label_stats: dict = {}
     if schema.task == "classification" and schema.labels:
-        labels = frame.get_column(schema.labels[0]).to_numpy()[order].astype(np.int8)
+        labels = _ordered(frame.get_column(schema.labels[0]).to_numpy(), order).astype(np.int8)
         arrays["labels"] = labels
         label_stats["positive_rows"] = int(labels.sum())
         label_stats["positive_windows"] = {}
     elif schema.task == "regression":
-        targets = frame.select(schema.labels).to_numpy()[order].astype(np.float32)
+        targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32)
         arrays["targets"] = targets
     windows = {}
     for index, name in enumerate(SPLITS):
@@ -185,6 +185,38 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     if table.rows_in != frame.height + sum(table.dropped.values()):
         raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
     return arrays, tokenizer, entities, meta
+
+
+def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray, list[str], np.ndarray]:
+    """The row order by entity (by its text), then time, stable; ``None`` when rows are in it already.
+
+    Returns the order, ``entity_offsets`` (where each entity's rows begin in that order, plus
+    the row count), the entities in order and the row times (epoch microseconds) in order.
+    Rows usually come in runs of one entity, so entities are ranked run by run, and the order
+    is one stable integer sort of ``rank * time span + time``.
+    """
+    entity = frame.get_column(ENTITY)
+    run_starts = np.flatnonzero((entity != entity.shift(1)).fill_null(True).to_numpy())
+    run_keys = entity.gather(run_starts).cast(pl.String)
+    entities = run_keys.unique().sort()
+    run_rank = run_keys.replace_strict(entities, np.arange(entities.len()), return_dtype=pl.Int64).to_numpy()
+    rank = np.repeat(run_rank, np.diff(np.append(run_starts, frame.height)))
+    times = frame.get_column(TIME).dt.epoch("us").to_numpy()
+    first, span = int(times.min()), int(times.max()) - int(times.min()) + 1
+    if entities.len() * span < 2**62:
+        key = rank * span + (times - first)
+        order = None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
+    else:
+        order = np.lexsort((times, rank))
+    if order is not None:
+        rank, times = rank[order], times[order]
+    entity_offsets = np.append(np.flatnonzero(np.diff(rank, prepend=-1)), frame.height).astype(np.int64)
+    return order, entity_offsets, entities.to_list(), times
+
+
+def _ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """``values`` (rows first) in entity-then-time order."""
+    return values if order is None else values[order]
 
 
 def _check_options(out, seq_len: int, stride: int, split: str, fractions) -> None:

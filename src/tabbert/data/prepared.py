@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tabbert.data.windows import SPLITS, window_labels, window_targets
 from tabbert.errors import ArtifactError, TabbertError
 
 FORMAT_VERSION = 1
+WRITING_THREADS = 2  # files are written in parallel; NumPy and JSON encoding overlap
 
 
 class PreparedDataset:
@@ -146,10 +148,15 @@ def write_prepared(out: str | Path, arrays: dict[str, np.ndarray], tokenizer: Ta
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        for name, array in arrays.items():
-            np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        tokenizer.save(staging / "tokenizer.json")
-        write_json_atomic(staging / "entities.json", entities)
+        with ThreadPoolExecutor(max_workers=WRITING_THREADS) as pool:
+            writes = [
+                pool.submit(np.save, staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+                for name, array in arrays.items()
+            ]
+            writes.append(pool.submit(tokenizer.save, staging / "tokenizer.json"))
+            writes.append(pool.submit(write_json_atomic, staging / "entities.json", entities))
+            for write in writes:
+                write.result()
         write_json_atomic(staging / "meta.json", {"format_version": FORMAT_VERSION, **meta})
         if out.exists():
             out.rmdir()

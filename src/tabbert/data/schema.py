@@ -8,7 +8,7 @@ Normalized layout
 ``_row``      source row number (0-based, data rows only), UInt64
 ``_entity``   entity key (card holder, station ...), String
 ``_time``     row timestamp, Datetime("us")
-input fields  one column per :class:`FieldSpec`: String or Categorical for categorical, Float64
+input fields  one column per :class:`FieldSpec`: String, Categorical or integer for categorical, Float64
               for numeric
 labels        one column per label/target: Int8 (0/1) for classification, Float64 for regression
 """

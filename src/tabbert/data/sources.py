@@ -65,6 +65,12 @@ CARD_FIELDS = (
 )  # fmt: skip
 CARD_USE_CHIP = ("Swipe Transaction", "Chip Transaction", "Online Transaction")
 CARD_LABEL = "Is Fraud?"
+CARD_CSV_TYPES = {
+    "User": pl.String, "Card": pl.Int64, "Year": pl.Int32, "Month": pl.Int32, "Day": pl.Int32, "Time": pl.String,
+    "Amount": pl.String, "Use Chip": pl.Categorical, "Merchant Name": pl.Int64, "Merchant City": pl.Categorical,
+    "Merchant State": pl.Categorical, "Zip": pl.Float64, "MCC": pl.Int64, "Errors?": pl.Categorical,
+    CARD_LABEL: pl.Categorical,
+}  # fmt: skip
 
 PRSA_COLUMNS = (
     "No", "year", "month", "day", "hour", "PM2.5", "PM10", "SO2", "NO2", "CO", "O3", "TEMP",
@@ -130,12 +136,17 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
 
     The entity is ``User``; ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
     fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
-    Merchant City, Merchant State, Zip ("91750.0" becomes "91750"), MCC and Errors? (Categorical
-    columns: one code per row keeps 24 M rows small). The label
-    is ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State,
-    Zip and Errors? empty); User, Card, MCC must be integers, and any bad value in a column that
-    is parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new
-    transactions to score) the ``Is Fraud?`` column may be absent; labels are then null.
+    Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
+    categorical fields are integers (Card, Merchant Name, Zip, MCC) or Categoricals (one code per
+    row keeps 24 M rows small). The label is ``Is Fraud?`` (Yes/No). Empty values are missing
+    values (the file leaves Merchant State, Zip and Errors? empty); User, Card and MCC must be
+    integers, and any bad value in a column that is parsed is an error, so no row is ever
+    dropped. With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column
+    may be absent; labels are then null.
+
+    A CSV is first read with its columns' types (integers parsed by the CSV reader, text
+    columns straight into Categoricals); when a value does not parse, it is read again as text,
+    where the strict checks find and name the offending row.
     """
     files = _source_files(path, DATA_FILE_PATTERNS)
     labelled = require_labels or CARD_LABEL in _columns(files[0])
@@ -143,8 +154,11 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     for file in files:
         _require_exact_columns(file, expected)
     query = _Query()
-    for name, what in (("User", "an integer user id"), ("Card", "an integer card number")):
+    for name, what in (("User", "an integer user id"), ("Card", "an integer card number"),
+                       ("MCC", "an integer merchant category code")):
         query.check(name, _integer(name).is_null(), what)
+    merchant = pl.col("Merchant Name")
+    query.check("Merchant Name", merchant.is_not_null() & _integer("Merchant Name").is_null(), "an integer merchant id")
     midnight = _datetime_from_parts(query, [(name, _integer(name, pl.Int32)) for name in ("Year", "Month", "Day")])
     clock = pl.col("Time")
     query.check("Time", ~clock.str.contains(_CLOCK).fill_null(False), "a time HH:MM from 00:00 to 23:59")
@@ -152,24 +166,29 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     timestamp = midnight + pl.duration(hours=hour, minutes=minute)
     amount = query.parse(pl.col("Amount").str.strip_prefix("$").cast(pl.Float64, strict=False))
     query.check("Amount", ~amount.is_finite().fill_null(False), "an amount of money like $134.09")
+    zip_code = query.parse(pl.col("Zip").cast(pl.Float64, strict=False))
+    query.check("Zip", pl.col("Zip").is_not_null() & ~(zip_code.round() == zip_code).fill_null(False),
+                "a zip code like 91750 or 91750.0")
     chip, fraud = pl.col("Use Chip"), pl.col(CARD_LABEL)
     query.check("Use Chip", ~chip.is_in(CARD_USE_CHIP).fill_null(False), f"one of {list(CARD_USE_CHIP)}")
-    query.check("MCC", _integer("MCC").is_null(), "an integer merchant category code")
     if labelled:
         query.check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No")
     query.values = {
         ENTITY: pl.col("User"),
         TIME: timestamp,
-        "Card": pl.col("Card").cast(pl.Categorical),
+        "Card": _integer("Card"),
         "Amount": amount,
         "Use Chip": chip.cast(pl.Categorical),
-        **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant Name", "Merchant City", "Merchant State")},
-        "Zip": pl.col("Zip").str.strip_suffix(".0").cast(pl.Categorical),
-        "MCC": pl.col("MCC").cast(pl.Categorical),
-        "Errors?": pl.col("Errors?").cast(pl.Categorical),
+        "Merchant Name": _integer("Merchant Name"),
+        **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
+        "Zip": zip_code.cast(pl.Int64),
+        "MCC": _integer("MCC"),
         CARD_LABEL: (fraud == "Yes").cast(pl.Int8) if labelled else pl.lit(None, pl.Int8),
     }
-    frame, rows_in, dropped = _run(_describe(path), files, _scanner(as_text=True), query)
+    scan, typed_scan = _scanner(as_text=True), None
+    if not _is_parquet(files[0]):
+        typed_scan = _scanner(types={name: CARD_CSV_TYPES[name] for name in expected})
+    frame, rows_in, dropped = _run(_describe(path), files, scan, query, typed_scan=typed_scan)
     schema = TableSchema(
         fields=tuple(FieldSpec(name, "numeric" if name == "Amount" else "categorical") for name in CARD_FIELDS),
         labels=(CARD_LABEL,),
@@ -360,17 +379,20 @@ def _require_exact_columns(path: Path, expected: Sequence[str]) -> None:
         raise DataError(path, f"{'; '.join(problems)} (expected exactly {list(expected)})")
 
 
-def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False) -> Scan:
+def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False,
+             types: dict[str, pl.DataType] | None = None) -> Scan:
     """A function scanning files into their raw rows plus ``_row``.
 
-    CSV values are text, with empty values and ``null_values`` missing. Parquet values keep
-    their stored types (or become text with ``as_text``), with empty text missing.
+    CSV values are text (or of the given column ``types``, failing on a value that does not
+    parse), with empty values and ``null_values`` missing. Parquet values keep their stored
+    types (or become text with ``as_text``), with empty text missing.
     """
 
     def scan(files: Sequence[Path]) -> pl.LazyFrame:
         if not _is_parquet(files[0]):
             nulls = ["", *null_values]
-            return pl.scan_csv(list(files), infer_schema=False, null_values=nulls, row_index_name=ROW, glob=False)
+            return pl.scan_csv(list(files), infer_schema=False, schema_overrides=types, null_values=nulls,
+                               row_index_name=ROW, glob=False)
         frame = pl.scan_parquet(list(files), row_index_name=ROW, glob=False)
         if as_text:
             frame = frame.with_columns(pl.exclude(ROW).cast(pl.String))
@@ -384,23 +406,20 @@ def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False) -> Scan:
 # Running a query
 
 
-def _run(source: str, files: list[Path], scan: Scan, query: _Query) -> tuple[pl.DataFrame, int, dict[str, int]]:
-    """Collect ``query`` over ``files``: the normalized frame, the rows read and the rows dropped."""
-    plan = (
-        scan(files)
-        .with_columns(**query.parsed)
-        .select(
-            pl.col(ROW).cast(pl.UInt64),
-            *(expr.alias(name) for name, expr in query.values.items()),
-            pl.any_horizontal(check.bad for check in query.checks).alias(_BAD),
-        )
-    )
-    if query.drop_if_missing:
-        first_missing = pl.min_horizontal(
-            pl.when(pl.col(name).is_null()).then(pl.lit(i, pl.UInt8)) for i, name in enumerate(query.drop_if_missing)
-        )
-        plan = plan.with_columns(first_missing.alias(_DROP))
-    frame = _collect(plan, source)
+def _run(source: str, files: list[Path], scan: Scan, query: _Query,
+         typed_scan: Scan | None = None) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    """Collect ``query`` over ``files``: the normalized frame, the rows read and the rows dropped.
+
+    ``typed_scan`` (faster) is tried first; if a value fails to parse there, ``scan`` reads again.
+    """
+    frame = None
+    if typed_scan is not None:
+        try:
+            frame = _plan(typed_scan(files), query).collect(engine="streaming")
+        except pl.exceptions.PolarsError:
+            frame = None  # the text scan below meets the same value and names it
+    if frame is None:
+        frame = _collect(_plan(scan(files), query), source)
     if frame.is_empty():
         raise DataError(source, "no data rows")
     if frame[_BAD].any():
@@ -414,6 +433,21 @@ def _run(source: str, files: list[Path], scan: Scan, query: _Query) -> tuple[pl.
             frame = frame.filter(pl.col(_DROP).is_null())
         frame = frame.drop(_DROP)
     return frame, rows_in, dropped
+
+
+def _plan(raw: pl.LazyFrame, query: _Query) -> pl.LazyFrame:
+    """The normalized columns of ``raw``, a flag for rows breaking a check and one for rows to drop."""
+    plan = raw.with_columns(**query.parsed).select(
+        pl.col(ROW).cast(pl.UInt64),
+        *(expr.alias(name) for name, expr in query.values.items()),
+        pl.any_horizontal(check.bad for check in query.checks).alias(_BAD),
+    )
+    if query.drop_if_missing:
+        first_missing = pl.min_horizontal(
+            pl.when(pl.col(name).is_null()).then(pl.lit(i, pl.UInt8)) for i, name in enumerate(query.drop_if_missing)
+        )
+        plan = plan.with_columns(first_missing.alias(_DROP))
+    return plan
 
 
 def _raise_first_bad(files: list[Path], scan: Scan, query: _Query) -> NoReturn:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from tabbert.atomic import write_json_atomic
-from tabbert.data.schema import ENTITY, ROW, TIME, TableSchema
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
 from tabbert.errors import ArtifactError, TabbertError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[CLS]", "[MASK]")
@@ -34,6 +35,7 @@ FIELD_UNK, FIELD_MISSING = 0, 1
 N_FIELD_SPECIALS = 2
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
+DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 
 
 @dataclass
@@ -97,14 +99,17 @@ def with_time_features(frame: pl.DataFrame, features, order: np.ndarray | None =
                        gap_seconds: np.ndarray | None = None) -> pl.DataFrame:
     """``frame`` with the derived ``time.<feature>`` columns added, computed once.
 
-    ``gap_seconds`` (in the row order given by ``order``) saves the per-entity shift when the
-    caller already has the rows in entity-then-time order.
+    ``gap_seconds`` (in the row order given by ``order``, or in the frame's order when ``order``
+    is ``None``) saves the per-entity shift when the caller already has the rows in
+    entity-then-time order.
     """
     columns = []
     for feature in features:
         if feature == "gap" and gap_seconds is not None:
-            gap = np.empty_like(gap_seconds)
-            gap[order] = gap_seconds
+            gap = gap_seconds
+            if order is not None:
+                gap = np.empty_like(gap_seconds)
+                gap[order] = gap_seconds
             columns.append(pl.Series(f"time.{feature}", gap, nan_to_null=True))
         else:
             columns.append(_time_column(frame, feature))
@@ -134,6 +139,28 @@ def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
     return local
 
 
+def _distinct_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
+    """Local ids of a text or integer column: one vocabulary lookup per distinct value.
+
+    Integers spanning a small range (card numbers, codes, zips) are looked up in a dense
+    table indexed by value; others (text, wide-ranging ids) through a hash map.
+    """
+    distinct = column.unique().drop_nulls()
+    known = distinct.cast(pl.String).replace_strict(
+        vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
+    )
+    if column.dtype.is_integer() and distinct.len() > 0:
+        low, high = int(distinct.min()), int(distinct.max())
+        if high - low < DENSE_LOOKUP_LIMIT:
+            table = np.empty(high - low + 1, dtype=np.int32)
+            table[distinct.to_numpy() - low] = known.to_numpy()
+            local = table[column.fill_null(low).to_numpy() - low]
+            local[column.is_null().to_numpy()] = FIELD_MISSING
+            return local
+    local = column.replace_strict(distinct, known, return_dtype=pl.Int32)
+    return local.fill_null(FIELD_MISSING).to_numpy()
+
+
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Distinct quantile bin edges (min and max included) of the finite ``values``."""
     values = values[np.isfinite(values)]
@@ -158,11 +185,13 @@ class TabularTokenizer:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None) -> TabularTokenizer:
+    def fit(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
+            threads: int = 2) -> TabularTokenizer:
         """Learn vocabularies and bin edges from the training rows of ``frame``.
 
         ``rows`` (a boolean mask) selects those rows one column at a time, so the training
-        subset is never copied as a whole; ``None`` fits on every row.
+        subset is never copied as a whole; ``None`` fits on every row. Fields are fitted on
+        ``threads`` threads.
         """
         selected = None if rows is None else pl.Series(np.asarray(rows, dtype=bool))
         if (frame.height if selected is None else int(selected.sum())) == 0:
@@ -171,8 +200,7 @@ class TabularTokenizer:
         def training_values(column: pl.Series) -> pl.Series:
             return (column if selected is None else column.filter(selected)).drop_nulls()
 
-        fields: list[FieldVocab] = []
-        for spec in schema.fields:
+        def fit_field(spec: FieldSpec) -> FieldVocab:
             column = training_values(frame.get_column(spec.name))
             if spec.kind == "categorical":
                 counts = (
@@ -180,17 +208,20 @@ class TabularTokenizer:
                     .filter(pl.col("n") >= spec.min_count)
                     .sort(["n", spec.name], descending=[True, False])
                 )
-                fields.append(FieldVocab(spec.name, "categorical", spec.name, values=counts.get_column(spec.name).to_list()))
-            else:
-                edges = quantile_edges(column.cast(pl.Float64).to_numpy(), spec.n_bins)
-                fields.append(FieldVocab(spec.name, "numeric", spec.name, edges=edges.tolist()))
-        for feature in schema.time_features:
+                return FieldVocab(spec.name, "categorical", spec.name, values=counts.get_column(spec.name).to_list())
+            edges = quantile_edges(column.cast(pl.Float64).to_numpy(), spec.n_bins)
+            return FieldVocab(spec.name, "numeric", spec.name, edges=edges.tolist())
+
+        def fit_time_feature(feature: str) -> FieldVocab:
             name = f"time.{feature}"
             if feature in ("hour", "weekday"):
-                fields.append(FieldVocab(name, feature, feature))
-            else:
-                values = training_values(_time_column(frame, feature)).to_numpy()
-                fields.append(FieldVocab(name, "numeric", feature, edges=quantile_edges(values, schema.time_bins).tolist()))
+                return FieldVocab(name, feature, feature)
+            values = training_values(_time_column(frame, feature)).to_numpy()
+            return FieldVocab(name, "numeric", feature, edges=quantile_edges(values, schema.time_bins).tolist())
+
+        # fields are fitted in parallel: Polars and NumPy release the GIL
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            fields = [*pool.map(fit_field, schema.fields), *pool.map(fit_time_feature, schema.time_features)]
         return cls(schema, fields)
 
     # ------------------------------------------------------------------ encoding
@@ -215,13 +246,7 @@ class TabularTokenizer:
         if vocab.kind == "categorical" and column.dtype == pl.Categorical:
             return _categorical_local_ids(vocab, column)
         if vocab.kind == "categorical":
-            mapped = column.cast(pl.String).replace_strict(
-                vocab.values,
-                list(range(N_FIELD_SPECIALS, vocab.size)),
-                default=FIELD_UNK,
-                return_dtype=pl.Int32,
-            )
-            return np.where(column.is_null().to_numpy(), FIELD_MISSING, mapped.to_numpy())
+            return _distinct_local_ids(vocab, column)
         values = column.cast(pl.Float64).to_numpy()
         missing = np.isnan(values)
         if vocab.kind == "numeric":

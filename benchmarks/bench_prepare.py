@@ -1,10 +1,11 @@
 """Speed and memory of ``prepare`` against a bare Polars read of the same card CSV.
 
 Each measurement runs in a fresh Python process (so peak RSS is that step's own), alternating
-the reference and ours, and the median of the repeats is reported as a ratio.
+the reference and ours, and the median of the repeats is reported as a ratio. Prepare's own
+reading step (the strict reader) is reported beside it, as ``reading_ratio``.
 
-    python benchmarks/bench_prepare.py --users 1000            # ~1 M rows
-    python benchmarks/bench_prepare.py --users 24000 --repeats 1 --skip-reference-memory   # ~24 M rows
+    python benchmarks/bench_prepare.py --users 1000                  # ~1 M rows
+    python benchmarks/bench_prepare.py --users 24000 --repeats 1     # ~24 M rows
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ READ_ONLY = f"""
 import sys, time, polars as pl
 t = time.perf_counter()
 frame = pl.read_csv(sys.argv[1], infer_schema=False)
-print(time.perf_counter() - t, frame.height, {PEAK_MB})
+print(time.perf_counter() - t, frame.height, {PEAK_MB}, 0.0)
 """
 
 PREPARE = f"""
@@ -37,14 +38,15 @@ import sys, time
 from tabbert.data.preparation import prepare
 t = time.perf_counter()
 data = prepare("card", sys.argv[1], sys.argv[2])
-print(time.perf_counter() - t, data.n_rows, {PEAK_MB})
+print(time.perf_counter() - t, data.n_rows, {PEAK_MB}, data.meta["source"]["read_seconds"])
 """
 
 
-def run_child(code: str, *args: str) -> tuple[float, int, float]:
+def run_child(code: str, *args: str) -> tuple[float, int, float, float]:
+    """Seconds, rows, peak MB and (prepare only) seconds of its reading step, from a fresh process."""
     out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout
-    seconds, rows, peak_mb = out.split()
-    return float(seconds), int(rows), float(peak_mb)
+    seconds, rows, peak_mb, read_seconds = out.split()
+    return float(seconds), int(rows), float(peak_mb), float(read_seconds)
 
 
 def ensure_csv(users: int, seed: int) -> Path:
@@ -85,6 +87,8 @@ def main() -> None:
         "polars_read_s": round(read_s, 3),
         "prepare_s": round(prep_s, 3),
         "ratio": round(prep_s / read_s, 2),
+        "prepare_reading_s": round(statistics.median(p[3] for p in prepares), 3),
+        "reading_ratio": round(statistics.median(p[3] for p in prepares) / read_s, 2),
         "polars_read_peak_mb": round(max(r[2] for r in reads)),
         "prepare_peak_mb": round(max(p[2] for p in prepares)),
         "repeats": args.repeats,

@@ -50,9 +50,13 @@ about 34 min of pre-training and 15 min of fine-tuning per protocol, 1 h 40 min 
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prsa.py
 
-writes ``benchmarks/results/prsa.json`` and ``prsa.md`` (after every row, atomically). A smoke
-test (tiny model, two stations, a few steps, under a minute) writing its results into its work
-folder::
+writes ``benchmarks/results/prsa.json`` and ``prsa.md`` (after every row, atomically). The
+fine-tuning rows alone can be run again on the data and encoder of that run, e.g. for longer::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_prsa.py --reuse --epochs 10 --results DIR
+
+A smoke test (tiny model, two stations, a few steps, under a minute) writing its results into
+its work folder::
 
     python benchmarks/bench_prsa.py --quick
 """
@@ -60,6 +64,7 @@ folder::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -128,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch and LightGBM threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny model, two stations, a few steps")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the prepared data and pre-trained encoder of an earlier run in the work folder "
+                             "(same --model) and run the fine-tuning rows again")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name, None) is None:
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model, "pretrain_steps": args.pretrain_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "target": args.target, "seed": args.seed, "threads": args.threads,
             "quick": args.quick, "stations": args.stations or "all", "lightgbm_rounds": args.lightgbm_rounds,
-            "encoder": "frozen", "patience": PATIENCE,
+            "encoder": "frozen", "patience": PATIENCE, "reused_pretraining": args.reuse,
         },
         "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__},
@@ -189,12 +197,20 @@ def station_folder(args: argparse.Namespace) -> Path:
 def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict) -> dict:
     """Prepare, pre-train and fine-tune every row for one protocol; save the report after each step."""
     work = args.out / name
-    if work.exists():
-        print(f"[{name}] removing the previous run in {work}")
-        shutil.rmtree(work)
-    banner(f"{name} split: preparing {source}")
-    started = time.perf_counter()
-    data = prepare("prsa", source, work / "data", seed=args.seed, **PROTOCOLS[name])
+    if args.reuse:
+        data, metrics = earlier_run(work)
+        prepare_seconds, pretrain_seconds = data.meta["seconds"]["total"], metrics["seconds"]
+        for row in (*(label for label, _, _ in NEURAL_ROWS), "LightGBM"):
+            shutil.rmtree(work / row_folder(row), ignore_errors=True)
+        print(f"[{name}] reusing the prepared data and the pre-trained encoder in {work}")
+    else:
+        if work.exists():
+            print(f"[{name}] removing the previous run in {work}")
+            shutil.rmtree(work)
+        banner(f"{name} split: preparing {source}")
+        started = time.perf_counter()
+        data = prepare("prsa", source, work / "data", seed=args.seed, **PROTOCOLS[name])
+        prepare_seconds = time.perf_counter() - started
     meta = data.meta
     result = {
         "split": meta["split"],
@@ -205,7 +221,7 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
         "stride": meta["stride"],
         "windows": meta["windows"],
         "test_windows_sharing_rows_with_train": round(overlapping_share(data), 4),
-        "prepare_seconds": round(time.perf_counter() - started, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
         "rows": [],
     }
     report["protocols"][name] = result
@@ -214,11 +230,13 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
           f"val {windows['val']:,}, test {windows['test']:,} (paper: {PAPER_WINDOWS}); "
           f"{result['test_windows_sharing_rows_with_train']:.1%} of test windows share rows with a training window")
 
-    banner(f"{name} split: pre-training TabBERT {args.model} for {args.pretrain_steps} steps")
-    started = time.perf_counter()
-    metrics = pretrain(data.path, work / "pretrain", model=args.model, max_steps=args.pretrain_steps,
-                       batch_size=args.batch_size, seed=args.seed, save_steps=10**9)
-    result["pretrain"] = pretraining_figures(metrics, time.perf_counter() - started)
+    if not args.reuse:
+        banner(f"{name} split: pre-training TabBERT {args.model} for {args.pretrain_steps} steps")
+        started = time.perf_counter()
+        metrics = pretrain(data.path, work / "pretrain", model=args.model, max_steps=args.pretrain_steps,
+                           batch_size=args.batch_size, seed=args.seed, save_steps=10**9)
+        pretrain_seconds = time.perf_counter() - started
+    result["pretrain"] = pretraining_figures(metrics, pretrain_seconds)
     print(summary(metrics))
     print(f"[{name}] pre-training took {result['pretrain']['seconds'] / 60:.1f} min")
     save_report(report, args.results)
@@ -227,7 +245,7 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
         banner(f"{name} split: {label}")
         started = time.perf_counter()
         metrics = finetune(
-            data.path, work / label.lower().replace(" ", "_"), encoder=encoder, head=head, task="regression",
+            data.path, work / row_folder(label), encoder=encoder, head=head, task="regression",
             pretrained=work / "pretrain" if encoder == "pretrained" else None, size=args.model,
             epochs=args.epochs, batch_size=args.batch_size, patience=PATIENCE, target=args.target, seed=args.seed,
         )
@@ -240,7 +258,7 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
     if args.target == "last":
         banner(f"{name} split: LightGBM")
         started = time.perf_counter()
-        metrics = train_lightgbm(data.path, work / "lightgbm", seed=args.seed, threads=args.threads,
+        metrics = train_lightgbm(data.path, work / row_folder("LightGBM"), seed=args.seed, threads=args.threads,
                                  rounds=args.lightgbm_rounds, plots=False)
         add_row(result, "LightGBM", metrics["test"], metrics["val"]["rmse"], time.perf_counter() - started,
                 train_seconds=metrics["train_seconds"], best_iteration=metrics["best_iteration"])
@@ -252,6 +270,19 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
     save_report(report, args.results)
     print(f"\n{protocol_table(result)}")
     return result
+
+
+def earlier_run(work: Path) -> tuple[PreparedDataset, dict]:
+    """The prepared data and the pre-training metrics of an earlier run in ``work``."""
+    metrics_file = work / "pretrain" / "metrics.json"
+    if not (work / "data" / "meta.json").is_file() or not metrics_file.is_file():
+        raise TabbertError(f"--reuse: no earlier run (prepared data and pre-training) in {work}")
+    return PreparedDataset(work / "data"), json.loads(metrics_file.read_text())
+
+
+def row_folder(label: str) -> str:
+    """The work sub-folder of one row of the table."""
+    return label.lower().replace(" ", "_")
 
 
 def overlapping_share(data: PreparedDataset) -> float:

@@ -63,6 +63,24 @@ def test_categorical_vocabulary_by_frequency_min_count_and_unk():
     assert ids.tolist() == [2, 3, FIELD_UNK, FIELD_UNK, FIELD_MISSING]
 
 
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        ([7, 3, 3, 9, 7, 3, None], pl.Int64),  # a narrow range: a table indexed by value
+        ([7, 3, 3, -(2**62), 7, 3, None], pl.Int64),  # a wide range: a hash map
+        (["7", "3", "3", "9", "7", "3", None], pl.String),
+        (["7", "3", "3", "9", "7", "3", None], pl.Categorical),
+    ],
+)
+def test_categorical_fields_encode_alike_from_text_categorical_or_integers(values, dtype):
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2),), time_features=())
+    frame = frame_of(["x"] * len(values), [0.0] * len(values)).with_columns(pl.Series("shop", values).cast(dtype))
+    tok = TabularTokenizer.fit(frame, schema)
+    assert tok.fields[0].values == ["3", "7"]
+    local = tok.encode(frame)[:, 0] - tok.fields[0].offset
+    assert local.tolist() == [3, 2, 2, FIELD_UNK, 3, 2, FIELD_MISSING]
+
+
 def test_id_ranges_are_disjoint_and_cover_vocab():
     tok = TabularTokenizer.fit(frame_of(list("abcab"), [1.0, 2, 3, 4, 5]), SCHEMA)
     assert tok.field_offsets[0] == len(SPECIAL_TOKENS)

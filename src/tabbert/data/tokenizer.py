@@ -126,39 +126,29 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
 
 
 def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
-    """Local ids of a Categorical column through its codes: one lookup per distinct value."""
-    distinct = column.unique().drop_nulls()
-    codes = column.to_physical()
-    known = distinct.cast(pl.String).replace_strict(
-        vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
-    )
-    table = np.full(int(distinct.to_physical().max() or 0) + 1, FIELD_UNK, dtype=np.int32)
-    table[distinct.to_physical().to_numpy()] = known.to_numpy()
-    local = table[codes.fill_null(0).to_numpy()]
-    local[codes.is_null().to_numpy()] = FIELD_MISSING
-    return local
+    """Local ids of a categorical field: one vocabulary lookup per distinct value.
 
-
-def _distinct_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
-    """Local ids of a text or integer column: one vocabulary lookup per distinct value.
-
-    Integers spanning a small range (card numbers, codes, zips) are looked up in a dense
-    table indexed by value; others (text, wide-ranging ids) through a hash map.
+    Categorical codes and integers spanning a small range (card numbers, codes, zips) are
+    looked up in a table indexed by value; text and wide-ranging ids through a hash map.
     """
     distinct = column.unique().drop_nulls()
+    if distinct.len() == 0:
+        return np.full(column.len(), FIELD_MISSING, dtype=np.int32)
     known = distinct.cast(pl.String).replace_strict(
         vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
     )
-    if column.dtype.is_integer() and distinct.len() > 0:
-        low, high = int(distinct.min()), int(distinct.max())
+    keys, distinct_keys = column, distinct
+    if column.dtype == pl.Categorical:
+        keys, distinct_keys = column.to_physical(), distinct.to_physical()
+    if keys.dtype.is_integer():
+        low, high = int(distinct_keys.min()), int(distinct_keys.max())
         if high - low < DENSE_LOOKUP_LIMIT:
             table = np.empty(high - low + 1, dtype=np.int32)
-            table[distinct.to_numpy() - low] = known.to_numpy()
-            local = table[column.fill_null(low).to_numpy() - low]
-            local[column.is_null().to_numpy()] = FIELD_MISSING
+            table[distinct_keys.to_numpy() - low] = known.to_numpy()
+            local = table[keys.fill_null(low).to_numpy() - low]
+            local[keys.is_null().to_numpy()] = FIELD_MISSING
             return local
-    local = column.replace_strict(distinct, known, return_dtype=pl.Int32)
-    return local.fill_null(FIELD_MISSING).to_numpy()
+    return column.replace_strict(distinct, known, return_dtype=pl.Int32).fill_null(FIELD_MISSING).to_numpy()
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -243,10 +233,8 @@ class TabularTokenizer:
         return frame.get_column(vocab.source)
 
     def _local_ids(self, vocab: FieldVocab, column: pl.Series) -> np.ndarray:
-        if vocab.kind == "categorical" and column.dtype == pl.Categorical:
-            return _categorical_local_ids(vocab, column)
         if vocab.kind == "categorical":
-            return _distinct_local_ids(vocab, column)
+            return _categorical_local_ids(vocab, column)
         values = column.cast(pl.Float64).to_numpy()
         missing = np.isnan(values)
         if vocab.kind == "numeric":

@@ -399,7 +399,8 @@ def markdown_report(report: dict) -> str:
         (f"Settings: model `{settings['model']}`, {settings['pretrain_steps']} pre-training steps, "
          f"{settings['epochs']} fine-tuning epoch(s) (best by validation RMSE), batch {settings['batch_size']}, "
          f"frozen encoder, target `{settings['target']}`, seed {settings['seed']}, {settings['threads']} thread(s), "
-         f"stations: {settings['stations']}{' (quick smoke test)' if settings['quick'] else ''}. "
+         f"stations: {settings['stations']}{' (quick smoke test)' if settings['quick'] else ''}"
+         f"{'; data and pre-trained encoder reused from an earlier run' if settings.get('reused_pretraining') else ''}. "
          f"Machine: {report['machine']['cpu_count']} CPUs, torch {report['machine']['torch']}."),
         "",
         "## Test RMSE (µg/m³)",
@@ -435,7 +436,8 @@ def markdown_report(report: dict) -> str:
                 pretraining_table(pre, markdown=True),
             ]
     if "total_seconds" in report:
-        lines += ["", f"Total time: {report['total_seconds'] / 60:.1f} min."]
+        what = "the fine-tuning rows" if settings.get("reused_pretraining") else "everything"
+        lines += ["", f"Total time ({what}): {report['total_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 

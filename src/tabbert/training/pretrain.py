@@ -289,7 +289,6 @@ def _training_arguments(out: Path, *, epochs, batch_size, lr, max_steps, seed, s
         logging_strategy="steps",
         warmup_steps=0.05,
         weight_decay=0.01,
-        optim="adamw_torch_fused",
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="steps",
         save_steps=save_steps,

@@ -44,9 +44,9 @@ frequent value: a field above its baseline has been learned.
 Usage
 -----
 The full run. Its defaults fit 2 CPU cores in under 2 hours: ``small`` model, 4,000
-pre-training steps of 64 windows, 3 fine-tuning epochs, one thread. A timing probe on a busy
-2-core machine measured 0.45 s per pre-training step and about 35 s per validation pass, so
-about 34 min of pre-training and 15 min of fine-tuning per protocol, 1 h 40 min in all::
+pre-training steps of 64 windows, 3 fine-tuning epochs, one thread. On a 2-core machine it
+took 72 min: 26 min of pre-training (0.35 s per step) and 8–10 min of fine-tuning per
+protocol::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prsa.py
 

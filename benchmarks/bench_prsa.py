@@ -45,7 +45,7 @@ Usage
 -----
 The full run. Its defaults fit 2 CPU cores in under 2 hours: ``small`` model, 4,000
 pre-training steps of 64 windows, 3 fine-tuning epochs, one thread. On a 2-core machine it
-took 72 min: 26 min of pre-training (0.35 s per step) and 8–10 min of fine-tuning per
+took 72 min: 26 min of pre-training (0.35 s per step) and 9–11 min of fine-tuning per
 protocol::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prsa.py

@@ -1,10 +1,13 @@
+import datetime as dt
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import make_table
 
-from tabbert.data.preparation import prepare_table
+from tabbert.data.preparation import entity_time_order, prepare_table
+from tabbert.data.schema import ENTITY, TIME
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, DataError, TabbertError
@@ -101,3 +104,18 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     # raw amounts in entity-then-time order; the gap is NaN on each entity's first row
     np.testing.assert_array_equal(data.values[:23, 0], np.arange(23))
     assert np.isnan(data.values[[0, 23, 33], 1]).all() and data.values[1, 1] == 3600
+
+
+def test_entity_time_order_sorts_by_entity_text_then_time_stably():
+    hours = [5, 1, 3, 0, 3, 2]
+    frame = pl.DataFrame({
+        ENTITY: ["b", "b", "a", "10", "a", "b"],
+        TIME: [dt.datetime(2021, 1, 1) + dt.timedelta(hours=h) for h in hours],
+    })
+    order, offsets, entities, times = entity_time_order(frame)
+    # "10" < "a" < "b" as text; the two rows of "a" at the same time keep their source order
+    assert order.tolist() == [3, 2, 4, 1, 5, 0]
+    assert offsets.tolist() == [0, 1, 3, 6] and entities == ["10", "a", "b"]
+    assert np.array_equal(times, frame[TIME].dt.epoch("us").to_numpy()[order])
+    in_order, same_offsets, _, _ = entity_time_order(frame[order])
+    assert in_order is None and same_offsets.tolist() == offsets.tolist()

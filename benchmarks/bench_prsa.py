@@ -197,7 +197,10 @@ def station_folder(args: argparse.Namespace) -> Path:
 
 
 def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict) -> dict:
-    """Prepare, pre-train and fine-tune every row for one protocol; save the report after each step."""
+    """Prepare, pre-train (or, with --reuse, take an earlier run's) and fine-tune every row of one protocol.
+
+    The report is saved after each step.
+    """
     work = args.out / name
     if args.reuse:
         data, metrics = earlier_run(work)

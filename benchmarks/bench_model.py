@@ -101,9 +101,7 @@ def compare_size(size: str, data: PreparedDataset, batches: Sequence[Batch], *, 
                  warmup: int, seed: int, overrides: dict | None = None) -> dict:
     """Median step time of TabBERT ``size`` and its plain-BERT reference, timed in alternating blocks."""
     tokenizer = data.tokenizer
-    config = TabBertConfig.from_size(size, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-                                     field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=data.seq_len,
-                                     **(overrides or {}))
+    config = TabBertConfig.for_tokenizer(tokenizer, size, seq_len=data.seq_len, **(overrides or {}))
     torch.manual_seed(seed)
     ours = TabBertForMaskedFieldModeling(config)
     reference = reference_bert(config)

@@ -77,9 +77,7 @@ def prepared_card_data(users: int, rows_per_user: int, seed: int) -> tuple[Path,
 def save_untrained_classifier(data: PreparedDataset, size: str, seed: int) -> Path:
     """An untrained ``size`` classifier for ``data``'s tokenizer, saved as a model directory."""
     tokenizer = data.tokenizer
-    config = TabBertConfig.from_size(size, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-                                     field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=data.seq_len,
-                                     schema_fingerprint=tokenizer.fingerprint())
+    config = TabBertConfig.for_tokenizer(tokenizer, size, seq_len=data.seq_len)
     torch.manual_seed(seed)
     model = TabBertForSequenceClassification.from_encoder(TabBertModel(config), seq_len=data.seq_len)
     return save_classifier(model, tokenizer, WORK / "model")

@@ -34,17 +34,10 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cards(fraud_cards):
-    return fraud_cards
-
-
-@pytest.fixture(scope="module")
-def pretrained(workdir, cards):
+def pretrained(workdir, fraud_cards):
     """A tiny TabBERT saved as a pre-training run would save it."""
-    tokenizer = cards.tokenizer
-    config = TabBertConfig.from_size("tiny", field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-                                     field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=cards.seq_len,
-                                     schema_fingerprint=tokenizer.fingerprint())
+    tokenizer = fraud_cards.tokenizer
+    config = TabBertConfig.for_tokenizer(tokenizer, "tiny", seq_len=fraud_cards.seq_len)
     torch.manual_seed(0)
     model_dir = workdir / "pretrain" / "model"
     TabBertForMaskedFieldModeling(config).save_pretrained(model_dir)
@@ -53,10 +46,10 @@ def pretrained(workdir, cards):
 
 
 @pytest.fixture(scope="module")
-def run(workdir, cards, pretrained):
+def run(workdir, fraud_cards, pretrained):
     """A frozen-encoder LSTM fine-tuning run of three epochs."""
     out = workdir / "run"
-    finetune(cards.path, out, pretrained=pretrained.parent, epochs=3, batch_size=64, lr=3e-3, progress=False)
+    finetune(fraud_cards.path, out, pretrained=pretrained.parent, epochs=3, batch_size=64, lr=3e-3, progress=False)
     return out
 
 
@@ -100,8 +93,8 @@ def test_frozen_encoder_is_unchanged_by_training(run, pretrained):
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
 
 
-def test_unfreeze_trains_the_encoder_and_label_last(workdir, cards, pretrained):
-    metrics = finetune(cards.path, workdir / "unfrozen", pretrained=pretrained, unfreeze=True, label="last",
+def test_unfreeze_trains_the_encoder_and_label_last(workdir, fraud_cards, pretrained):
+    metrics = finetune(fraud_cards.path, workdir / "unfrozen", pretrained=pretrained, unfreeze=True, label="last",
                        epochs=1, batch_size=64, encoder_lr=1e-3, progress=False)
     before = _encoder_weights(load_encoder(pretrained))
     model = load_classifier(workdir / "unfrozen")
@@ -109,30 +102,30 @@ def test_unfreeze_trains_the_encoder_and_label_last(workdir, cards, pretrained):
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
     # the window label of the newest row, not of any row
-    test = cards.windows("test")
+    test = fraud_cards.windows("test")
     assert model.config.label_mode == "last"
-    assert metrics["evaluate"]["test"]["positives"] == cards.window_labels(test, "last").sum()
-    assert cards.window_labels(test, "last").sum() < cards.window_labels(test, "any").sum()
+    assert metrics["evaluate"]["test"]["positives"] == fraud_cards.window_labels(test, "last").sum()
+    assert fraud_cards.window_labels(test, "last").sum() < fraud_cards.window_labels(test, "any").sum()
 
 
 # ------------------------------------------------------------------------------- selection, imbalance
 
 
-def test_best_epoch_is_kept(run, cards):
+def test_best_epoch_is_kept(run, fraud_cards):
     metrics = json.loads((run / "metrics.json").read_text())
     pr_aucs = [epoch["pr_auc"] for epoch in metrics["epochs"]]
     assert len(pr_aucs) == 3 and metrics["metric"] == "pr_auc"
     assert metrics["best_epoch"] == 1 + int(np.argmax(pr_aucs))
     model = load_classifier(run)
-    val = cards.windows("val")
-    scores = score_windows(model, cards, val)
-    again = classification_metrics(cards.window_labels(val), scores)
+    val = fraud_cards.windows("val")
+    scores = score_windows(model, fraud_cards, val)
+    again = classification_metrics(fraud_cards.window_labels(val), scores)
     assert again["pr_auc"] == pytest.approx(metrics["best_value"], abs=1e-6)
     assert model.config.threshold == pytest.approx(again["threshold"])
 
 
-def test_same_seed_same_run(workdir, cards, pretrained, run):
-    again = finetune(cards.path, workdir / "again", pretrained=pretrained, epochs=3, batch_size=64, lr=3e-3,
+def test_same_seed_same_run(workdir, fraud_cards, pretrained, run):
+    again = finetune(fraud_cards.path, workdir / "again", pretrained=pretrained, epochs=3, batch_size=64, lr=3e-3,
                      progress=False)
     first = json.loads((run / "metrics.json").read_text())
     assert [e["val_loss"] for e in again["epochs"]] == [e["val_loss"] for e in first["epochs"]]
@@ -152,8 +145,8 @@ def test_upsampling_raises_the_positive_share():
     assert len(upsampled_indices(labels, 0.005, rng)) == 1000
 
 
-def test_class_weights_and_rmse_loss(workdir, cards, pretrained):
-    metrics = finetune(cards.path, workdir / "weights", pretrained=pretrained, imbalance="weights", loss="rmse",
+def test_class_weights_and_rmse_loss(workdir, fraud_cards, pretrained):
+    metrics = finetune(fraud_cards.path, workdir / "weights", pretrained=pretrained, imbalance="weights", loss="rmse",
                        head="mlp", epochs=1, batch_size=128, progress=False)
     config = load_classifier(workdir / "weights").config
     assert config.loss == "rmse" and config.head == "mlp"
@@ -206,10 +199,10 @@ def test_regression_standardizes_and_reports_original_units(workdir):
 # ------------------------------------------------------------------------------------------- evaluate
 
 
-def test_evaluate_writes_metrics_and_curves(run, cards):
+def test_evaluate_writes_metrics_and_curves(run, fraud_cards):
     for name in ("training_curve.png", "test_pr_curve.png", "test_roc_curve.png"):
         assert (run / name).stat().st_size > 1000
-    figures = evaluate(run / "model", cards.path, "val")
+    figures = evaluate(run / "model", fraud_cards.path, "val")
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["evaluate"]) == {"test", "val"}
     assert metrics["evaluate"]["val"] == json.loads(json.dumps(figures))
@@ -220,11 +213,11 @@ def test_evaluate_writes_metrics_and_curves(run, cards):
     assert (run / "val_pr_curve.png").is_file()
 
 
-def test_split_without_positives_gives_none_and_a_warning(workdir, run, cards):
+def test_split_without_positives_gives_none_and_a_warning(workdir, run, fraud_cards):
     copy = workdir / "no-positives"
-    shutil.copytree(cards.path, copy)
-    test = cards.windows("test")
-    np.save(copy / "windows_test.npy", test[cards.window_labels(test) == 0])
+    shutil.copytree(fraud_cards.path, copy)
+    test = fraud_cards.windows("test")
+    np.save(copy / "windows_test.npy", test[fraud_cards.window_labels(test) == 0])
     with pytest.warns(UndefinedMetricWarning, match="undefined"):
         figures = evaluate(run, copy, "test")
     assert figures["positives"] == 0
@@ -243,46 +236,46 @@ def test_model_for_another_schema_is_refused(workdir, run, pretrained):
         finetune(other.path, workdir / "mismatch", pretrained=pretrained, progress=False)
 
 
-def test_corrupt_or_truncated_weights(workdir, run, cards):
+def test_corrupt_or_truncated_weights(workdir, run, fraud_cards):
     broken = workdir / "broken"
     shutil.copytree(run, broken)
     weights = broken / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ArtifactError, match="corrupt"):
-        evaluate(broken, cards.path)
+        evaluate(broken, fraud_cards.path)
     weights.unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        evaluate(broken, cards.path)
+        evaluate(broken, fraud_cards.path)
     with pytest.raises(ArtifactError, match="not a fine-tuned"):
         load_classifier(run.parent / "pretrain")
 
 
-def test_bad_options(workdir, cards, pretrained):
+def test_bad_options(workdir, fraud_cards, pretrained):
     with pytest.raises(TabbertError, match="--pretrained"):
-        finetune(cards.path, workdir / "x1", progress=False)
+        finetune(fraud_cards.path, workdir / "x1", progress=False)
     with pytest.raises(TabbertError, match="takes no --pretrained"):
-        finetune(cards.path, workdir / "x2", encoder="raw", pretrained=pretrained, progress=False)
+        finetune(fraud_cards.path, workdir / "x2", encoder="raw", pretrained=pretrained, progress=False)
     with pytest.raises(TabbertError, match="metric"):
-        finetune(cards.path, workdir / "x3", pretrained=pretrained, metric="rmse", progress=False)
+        finetune(fraud_cards.path, workdir / "x3", pretrained=pretrained, metric="rmse", progress=False)
     with pytest.raises(TabbertError, match="regression"):
-        finetune(cards.path, workdir / "x4", pretrained=pretrained, task="regression", progress=False)
+        finetune(fraud_cards.path, workdir / "x4", pretrained=pretrained, task="regression", progress=False)
     with pytest.raises(TabbertError, match="not empty"):
-        finetune(cards.path, cards.path, pretrained=pretrained, progress=False)
+        finetune(fraud_cards.path, fraud_cards.path, pretrained=pretrained, progress=False)
 
 
 # ------------------------------------------------------------------------------------------- commands
 
 
-def test_finetune_and_evaluate_commands(workdir, cards, capsys):
+def test_finetune_and_evaluate_commands(workdir, fraud_cards, capsys):
     out = workdir / "cli-raw"
-    assert main(["finetune", "--data", str(cards.path), "--out", str(out), "--encoder", "raw", "--size", "tiny",
+    assert main(["finetune", "--data", str(fraud_cards.path), "--out", str(out), "--encoder", "raw", "--size", "tiny",
                  "--head", "mlp", "--epochs", "1", "--batch-size", "128"]) == 0
     printed = capsys.readouterr().out
     assert "val PR-AUC" in printed and "best epoch" in printed
     assert load_classifier(out).config.encoder_kind == "raw"
-    assert main(["evaluate", "--model", str(out / "model"), "--data", str(cards.path), "--split", "val"]) == 0
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(fraud_cards.path), "--split", "val"]) == 0
     assert "pr_auc" in capsys.readouterr().out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["evaluate", "--model", str(workdir / "nowhere"), "--data", str(cards.path)]) == 2
+        assert main(["evaluate", "--model", str(workdir / "nowhere"), "--data", str(fraud_cards.path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")

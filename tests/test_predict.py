@@ -33,35 +33,23 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def csv(fraud_card_csv):
-    return fraud_card_csv
-
-
-@pytest.fixture(scope="module")
-def cards(fraud_cards):
-    assert fraud_cards.seq_len == SEQ_LEN
-    return fraud_cards
-
-
-@pytest.fixture(scope="module")
-def model_dir(workdir, cards):
+def model_dir(workdir, fraud_cards):
     """A tiny (untrained) classifier saved as a fine-tuning run saves it, with a threshold."""
-    tokenizer = cards.tokenizer
-    config = TabBertConfig.from_size("tiny", field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-                                     field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=SEQ_LEN,
-                                     schema_fingerprint=tokenizer.fingerprint())
+    assert fraud_cards.seq_len == SEQ_LEN
+    tokenizer = fraud_cards.tokenizer
+    config = TabBertConfig.for_tokenizer(tokenizer, "tiny", seq_len=SEQ_LEN)
     torch.manual_seed(0)
     model = TabBertForSequenceClassification.from_encoder(TabBertModel(config), seq_len=SEQ_LEN, threshold=0.5)
     return save_classifier(model, tokenizer, workdir / "run" / "model")
 
 
 @pytest.fixture(scope="module")
-def scored(model_dir, csv):
-    return score_table(model_dir.parent, csv)
+def scored(model_dir, fraud_card_csv):
+    return score_table(model_dir.parent, fraud_card_csv)
 
 
-def test_one_row_per_input_row_in_input_order(scored, csv):
-    raw = pl.read_csv(csv, infer_schema=False)
+def test_one_row_per_input_row_in_input_order(scored, fraud_card_csv):
+    raw = pl.read_csv(fraud_card_csv, infer_schema=False)
     scores = scored.scores
     assert scores.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
     assert scores.height == raw.height
@@ -71,8 +59,8 @@ def test_one_row_per_input_row_in_input_order(scored, csv):
     assert (scores["predicted"] == (scores["score"] >= 0.5).cast(pl.Int8)).all()
 
 
-def test_shuffled_frame_keeps_its_order_and_scores(model_dir, csv, scored):
-    frame = read_card(csv).frame
+def test_shuffled_frame_keeps_its_order_and_scores(model_dir, fraud_card_csv, scored):
+    frame = read_card(fraud_card_csv).frame
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
     again = predict(model_dir, shuffled)
     assert again["row"].to_list() == shuffled[ROW].to_list()
@@ -80,8 +68,8 @@ def test_shuffled_frame_keeps_its_order_and_scores(model_dir, csv, scored):
     assert np.allclose(again["score"].to_numpy(), [by_row[r] for r in again["row"].to_list()], atol=1e-6)
 
 
-def test_short_histories_are_padded_and_flagged(scored, csv, model_dir, cards):
-    frame = read_card(csv).frame.with_columns(
+def test_short_histories_are_padded_and_flagged(scored, fraud_card_csv, model_dir, fraud_cards):
+    frame = read_card(fraud_card_csv).frame.with_columns(
         (pl.int_range(pl.len()).over(ENTITY, order_by=[TIME, ROW]) + 1).alias("expected")
     )
     scores = scored.scores
@@ -91,32 +79,32 @@ def test_short_histories_are_padded_and_flagged(scored, csv, model_dir, cards):
 
     # the third row of the first entity: seven [PAD] rows, masked, then its three real rows
     model = load_classifier(model_dir)
-    first = cards.entity_offsets[0]
-    ids = np.full((1, SEQ_LEN, cards.tokens.shape[1]), PAD_ID, dtype=np.int64)
-    ids[0, -3:] = cards.tokens[first:first + 3]
+    first = fraud_cards.entity_offsets[0]
+    ids = np.full((1, SEQ_LEN, fraud_cards.tokens.shape[1]), PAD_ID, dtype=np.int64)
+    ids[0, -3:] = fraud_cards.tokens[first:first + 3]
     mask = torch.tensor([[0] * (SEQ_LEN - 3) + [1] * 3])
     with torch.inference_mode():
         expected = model.scores(model(torch.from_numpy(ids), attention_mask=mask).logits).item()
-    row = int(cards.row_ids[first + 2])
+    row = int(fraud_cards.row_ids[first + 2])
     assert scores.filter(pl.col("row") == row)["history_rows"].item() == 3
     assert scores.filter(pl.col("row") == row)["score"].item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_full_history_scores_match_the_prepared_windows(scored, model_dir, cards):
+def test_full_history_scores_match_the_prepared_windows(scored, model_dir, fraud_cards):
     model = load_classifier(model_dir)
-    starts = np.concatenate([cards.windows(split) for split in ("train", "val", "test")])
-    expected = score_windows(model, cards, starts)
-    newest_rows = cards.row_ids[starts + SEQ_LEN - 1]
+    starts = np.concatenate([fraud_cards.windows(split) for split in ("train", "val", "test")])
+    expected = score_windows(model, fraud_cards, starts)
+    newest_rows = fraud_cards.row_ids[starts + SEQ_LEN - 1]
     by_row = scored.scores.sort("row")
     assert np.allclose(by_row["score"].to_numpy()[newest_rows], expected, atol=1e-5)
     assert not by_row["padded"].to_numpy()[newest_rows].any()
 
 
-def test_unseen_categories_are_counted(workdir, model_dir, csv, scored):
+def test_unseen_categories_are_counted(workdir, model_dir, fraud_card_csv, scored):
     assert set(scored.unseen) == {"Card", "Use Chip", "Merchant Name", "Merchant City", "Merchant State", "Zip",
                                   "MCC", "Errors?"}
     assert not any(scored.unseen.values())
-    raw = pl.read_csv(csv, infer_schema=False)
+    raw = pl.read_csv(fraud_card_csv, infer_schema=False)
     changed = raw.with_columns(
         pl.when(pl.int_range(pl.len()) < 7).then(pl.lit("123456789")).otherwise(pl.col("Merchant Name"))
         .alias("Merchant Name"),
@@ -134,12 +122,12 @@ def test_unseen_categories_are_counted(workdir, model_dir, csv, scored):
 # ------------------------------------------------------------------------------------------ bad input
 
 
-def test_missing_columns(workdir, model_dir, csv):
+def test_missing_columns(workdir, model_dir, fraud_card_csv):
     path = workdir / "no-mcc.csv"
-    pl.read_csv(csv, infer_schema=False).drop("MCC").write_csv(path)
+    pl.read_csv(fraud_card_csv, infer_schema=False).drop("MCC").write_csv(path)
     with pytest.raises(DataError, match="MCC"):
         predict(model_dir, path)
-    frame = read_card(csv).frame.drop("Amount")
+    frame = read_card(fraud_card_csv).frame.drop("Amount")
     with pytest.raises(DataError, match="column 'Amount'"):
         predict(model_dir, frame)
 
@@ -150,36 +138,36 @@ def test_input_for_another_schema(model_dir):
         predict(model_dir, frame)
 
 
-def test_empty_input(workdir, model_dir, csv):
+def test_empty_input(workdir, model_dir, fraud_card_csv):
     path = workdir / "empty.csv"
-    path.write_text(csv.read_text().splitlines()[0] + "\n")
+    path.write_text(fraud_card_csv.read_text().splitlines()[0] + "\n")
     with pytest.raises(DataError, match="no data rows"):
         predict(model_dir, path)
     with pytest.raises(DataError, match="no rows to score"):
-        predict(model_dir, read_card(csv).frame.head(0))
+        predict(model_dir, read_card(fraud_card_csv).frame.head(0))
 
 
-def test_corrupt_model(workdir, model_dir, csv):
+def test_corrupt_model(workdir, model_dir, fraud_card_csv):
     broken = workdir / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.json"):
         (broken / name).write_bytes((model_dir / name).read_bytes())
     (broken / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="corrupt or incomplete"):
-        predict(broken, csv)
+        predict(broken, fraud_card_csv)
     (broken / "tokenizer.json").unlink()
     (broken / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
     with pytest.raises(ArtifactError, match="tokenizer"):
-        predict(broken, csv)
+        predict(broken, fraud_card_csv)
 
 
-def test_predict_command(workdir, model_dir, csv, capsys):
+def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     out = workdir / "scores.csv"
-    assert main(["predict", "--model", str(model_dir.parent), "--input", str(csv), "--out", str(out)]) == 0
+    assert main(["predict", "--model", str(model_dir.parent), "--input", str(fraud_card_csv), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "rows scored" in printed and "unseen categories" in printed
     written = pl.read_csv(out)
     assert written.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
-    assert written.height == pl.read_csv(csv, infer_schema=False).height
+    assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height
     assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")

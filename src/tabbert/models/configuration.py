@@ -24,11 +24,14 @@ parameters. Every value can be overridden::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PretrainedConfig
 
 from tabbert.errors import ArtifactError, TabbertError
+
+if TYPE_CHECKING:
+    from tabbert.data.tokenizer import TabularTokenizer
 
 N_SPECIAL_TOKENS = 5
 
@@ -161,6 +164,16 @@ class TabBertConfig(PretrainedConfig):
             flat=flat,
             size=size,
             **{**MODEL_SIZES[size], **overrides},
+        )
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: TabularTokenizer, size: str, *, seq_len: int, flat: bool = False,
+                      **overrides) -> TabBertConfig:
+        """A configuration of the named size for a tokenizer's fields and windows of ``seq_len`` rows."""
+        return cls.from_size(
+            size, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
+            field_vocab_sizes=tokenizer.field_vocab_sizes, flat=flat, max_rows=seq_len,
+            schema_fingerprint=tokenizer.fingerprint(), **overrides,
         )
 
     @property

@@ -332,11 +332,7 @@ def build_model(data: PreparedDataset, train: WindowSplit, *, encoder: str, pret
         settings.update(num_outputs=train.truth[0].size, target_names=names, target_mean=mean.tolist(),
                         target_std=np.where(std > 0, std, 1.0).tolist())
     if encoder == "raw":
-        base = TabBertConfig.from_size(
-            size, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-            field_vocab_sizes=tokenizer.field_vocab_sizes, max_rows=data.seq_len,
-            schema_fingerprint=tokenizer.fingerprint(),
-        )
+        base = TabBertConfig.for_tokenizer(tokenizer, size, seq_len=data.seq_len)
         config = TabBertClassifierConfig.from_encoder_config(base, encoder_kind="raw", freeze_encoder=False, **settings)
         return TabBertForSequenceClassification(config)
     encoder_model = load_encoder(pretrained)

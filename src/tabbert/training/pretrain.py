@@ -219,13 +219,8 @@ def model_config(tokenizer: TabularTokenizer, seq_len: int, model: str, flat: bo
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TabbertError(f"unknown model settings {unknown}; known ones are {sorted(known)}")
-    settings = {"max_rows": seq_len, "vocab_size": tokenizer.vocab_size, "pad_token_id": PAD_ID,
-                "mask_token_id": MASK_ID, "schema_fingerprint": tokenizer.fingerprint(), **overrides}
     try:
-        return TabBertConfig.from_size(
-            model, field_names=tokenizer.field_names, field_offsets=tokenizer.field_offsets,
-            field_vocab_sizes=tokenizer.field_vocab_sizes, flat=flat, **settings,
-        )
+        return TabBertConfig.for_tokenizer(tokenizer, model, seq_len=seq_len, flat=flat, **overrides)
     except ValueError as exc:
         raise TabbertError(f"invalid model settings: {exc}") from exc
 

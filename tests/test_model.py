@@ -190,6 +190,8 @@ def test_named_sizes_and_overrides():
         "small", field_names=NAMES, field_offsets=OFFSETS, field_vocab_sizes=SIZES, num_hidden_layers=2
     )
     assert (small.hidden_size, small.num_hidden_layers, small.size) == (256, 2, "small")
+    assert (small.field_hidden, small.field_num_heads, small.field_intermediate_size) == (32, 2, 32)
+    assert paper.field_hidden == paper.field_intermediate_size == 64
     assert small.vocab_size == OFFSETS[-1] + SIZES[-1]
 
 

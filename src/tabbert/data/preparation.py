@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +122,12 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
     tokenizer = TabularTokenizer.fit(frame, schema, rows=train_rows)
     tokens = np.empty((frame.height, len(tokenizer.fields)), dtype=np.int32)
+
+    def encode_in_order(j: int) -> None:
+        tokens[:, j] = _ordered(tokenizer.encode_field(frame, j), order)
+
     with ThreadPoolExecutor(max_workers=ENCODING_THREADS) as pool:
-        for j, ids in enumerate(pool.map(partial(tokenizer.encode_field, frame), range(len(tokenizer.fields)))):
-            tokens[:, j] = ids
-    tokens = _ordered(tokens, order)
+        list(pool.map(encode_in_order, range(len(tokenizer.fields))))
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":

@@ -15,7 +15,7 @@ model) is timed on its own and compared with what each model consumes.
 
     python benchmarks/bench_model.py --threads 1                     # small and paper
     python benchmarks/bench_model.py --sizes small --steps 20 --repeats 7
-    python benchmarks/bench_model.py --sizes small --field-hidden 32 --out benchmarks/results/model_speed_small_field32.json
+    python benchmarks/bench_model.py --sizes small --field-hidden 64 --out benchmarks/results/model_speed_small_field64.json
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--field-hidden", type=int, help="override the sizes' field_hidden (a cheaper field layer)")
+    parser.add_argument("--field-hidden", type=int, help="override the sizes' field_hidden (the field transformer's width)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "model_speed.json")
     args = parser.parse_args()
     if min(args.batch_size, args.repeats, args.users) < 1 or (args.steps is not None and args.steps < 1):

@@ -45,9 +45,9 @@ Usage
 -----
 The full run. Its defaults fit 2 CPU cores in under 2 hours: ``small`` model, 4,000
 pre-training steps of 64 windows, 10 fine-tuning epochs (patience 3), one thread. On a 2-core
-machine pre-training took 26 min per protocol (0.35 s per step) and the 10-epoch fine-tuning
-rows 21 min (random split) and 10 min (time split, early stopped), about 85 min in all; with
-3 epochs the whole run took 72 min::
+machine with the other core busy, the whole run took 76 min: pre-training 24 min per protocol
+(0.32 s per step), the fine-tuning rows 20 min (random split) and 9 min (time split, early
+stopped)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prsa.py
 

@@ -15,7 +15,8 @@ model) is timed on its own and compared with what each model consumes.
 
     python benchmarks/bench_model.py --threads 1                     # small and paper
     python benchmarks/bench_model.py --sizes small --steps 20 --repeats 7
-    python benchmarks/bench_model.py --sizes small --field-hidden 64 --out benchmarks/results/model_speed_small_field64.json
+    python benchmarks/bench_model.py --sizes small --field-hidden 64 \\
+        --out benchmarks/results/model_speed_small_field64.json
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--field-hidden", type=int, help="override the sizes' field_hidden (the field transformer's width)")
+    parser.add_argument("--field-hidden", type=int,
+                        help="override the sizes' field_hidden (the field transformer's width)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "model_speed.json")
     args = parser.parse_args()
     if min(args.batch_size, args.repeats, args.users) < 1 or (args.steps is not None and args.steps < 1):
@@ -187,10 +189,10 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     batches = make_batches(dataset, collator, args.batch_size, DISTINCT_BATCHES, rng)
 
+    overrides = {"field_hidden": args.field_hidden} if args.field_hidden else None
     results = []
     for size in args.sizes:
         steps = args.steps or DEFAULT_STEPS[size]
-        overrides = {"field_hidden": args.field_hidden} if args.field_hidden else None
         results.append(compare_size(size, data, batches, steps=steps, repeats=args.repeats, warmup=args.warmup,
                                     seed=args.seed, overrides=overrides))
         row = results[-1]

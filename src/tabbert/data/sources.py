@@ -141,8 +141,8 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     row keeps 24 M rows small). The label is ``Is Fraud?`` (Yes/No). Empty values are missing
     values (the file leaves Merchant State, Zip and Errors? empty); User, Card and MCC must be
     integers, Merchant Name and Zip too when present, and any bad value in a column that is
-    parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column
-    may be absent; labels are then null.
+    parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new
+    transactions to score) the ``Is Fraud?`` column may be absent; labels are then null.
 
     A CSV is first read with its columns' types (integers parsed by the CSV reader, text
     columns straight into Categoricals); when a value does not parse, it is read again as text,

@@ -27,7 +27,6 @@ from tabbert.data.windows import (
 from tabbert.errors import DataError, TabbertError
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-ENCODING_THREADS = 2  # fields are encoded in parallel; Polars and NumPy release the GIL
 
 
 def source_digest(path: str | Path) -> str:
@@ -120,14 +119,7 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         train_rows[order] = train_sorted
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
-    tokenizer = TabularTokenizer.fit(frame, schema, rows=train_rows)
-    tokens = np.empty((frame.height, len(tokenizer.fields)), dtype=np.int32)
-
-    def encode_in_order(j: int) -> None:
-        tokens[:, j] = _ordered(tokenizer.encode_field(frame, j), order)
-
-    with ThreadPoolExecutor(max_workers=ENCODING_THREADS) as pool:
-        list(pool.map(encode_in_order, range(len(tokenizer.fields))))
+    tokenizer, tokens = TabularTokenizer.fit_encode(frame, schema, rows=train_rows, order=order)
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":
@@ -138,32 +130,35 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         window_split = assign_random(starts.size, fractions, seed)
 
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
-    values = np.column_stack(
-        [_ordered(frame.get_column(c).cast(pl.Float32).to_numpy(), order) for c in value_columns] + [gap_seconds]
-    )
+    values = np.empty((frame.height, len(value_columns) + 1), dtype=np.float32)
+    for j, column in enumerate(value_columns):
+        values[:, j] = _ordered(frame.get_column(column).cast(pl.Float32).to_numpy(), order)
+    values[:, -1] = gap_seconds
     arrays = {
         "tokens": tokens,
-        "values": values.astype(np.float32),
+        "values": values,
         "entity_offsets": entity_offsets,
         "times": times,
-        "row_ids": _ordered(frame.get_column(ROW).to_numpy(), order).astype(np.int64),
+        # source row numbers fit in int64: the same bits, read as signed
+        "row_ids": _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64),
     }
     label_stats: dict = {}
     if schema.task == "classification" and schema.labels:
-        labels = _ordered(frame.get_column(schema.labels[0]).to_numpy(), order).astype(np.int8)
+        labels = _ordered(frame.get_column(schema.labels[0]).to_numpy(), order).astype(np.int8, copy=False)
         arrays["labels"] = labels
         label_stats["positive_rows"] = int(labels.sum())
         label_stats["positive_windows"] = {}
+        positive_windows = window_labels(labels, starts, seq_len)
     elif schema.task == "regression":
-        targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32)
+        targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32, copy=False)
         arrays["targets"] = targets
     windows = {}
     for index, name in enumerate(SPLITS):
-        chosen = np.sort(starts[window_split == index])
-        arrays[f"windows_{name}"] = chosen
-        windows[name] = int(chosen.size)
+        in_split = window_split == index
+        arrays[f"windows_{name}"] = starts[in_split]  # ascending, as ``starts`` are
+        windows[name] = int(in_split.sum())
         if "positive_windows" in label_stats:
-            label_stats["positive_windows"][name] = int(window_labels(labels, chosen, seq_len).sum())
+            label_stats["positive_windows"][name] = int(positive_windows[in_split].sum())
 
     short = lengths < seq_len
     meta = {
@@ -210,8 +205,9 @@ def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarra
     else:
         order = np.lexsort((times, rank))
     if order is not None:
-        rank, times = rank[order], times[order]
-    entity_offsets = np.append(np.flatnonzero(np.diff(rank, prepend=-1)), frame.height).astype(np.int64)
+        times = times[order]
+    entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rank, minlength=entities.len()), out=entity_offsets[1:])
     return order, entity_offsets, entities.to_list(), times
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ N_FIELD_SPECIALS = 2
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
+COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
 
 
 @dataclass
@@ -125,30 +127,91 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
     return frame.select(_time_feature_expr(feature, order_by).alias(name)).to_series()
 
 
-def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
-    """Local ids of a categorical field: one vocabulary lookup per distinct value.
+def _dense_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Codes ``0..K-1`` (int32) of the ``K`` distinct values of ``column``, ``K`` where it is null, and those values.
 
-    Categorical codes and integers spanning a small range (card numbers, codes, zips) are
-    looked up in a table indexed by value; text and wide-ranging ids through a hash map.
+    Categorical codes and integers spanning a small range (card numbers, codes, zips) index a
+    table; text and wide-ranging integers go through one hash map.
     """
+    nulls = column.null_count()
+    if nulls == column.len():
+        return np.zeros(column.len(), dtype=np.int32), column.clear()
+    categorical = isinstance(column.dtype, (pl.Categorical, pl.Enum))
+    keys = column.to_physical() if categorical else column
+    low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
+    if high - low < DENSE_LOOKUP_LIMIT:
+        null_slot = high - low + 1
+        slots = keys.fill_null(low).to_numpy().astype(np.int64) - low
+        if nulls:
+            slots[keys.is_null().to_numpy()] = null_slot
+        present = np.flatnonzero(np.bincount(slots, minlength=null_slot + 1)[:null_slot])
+        if categorical:  # the values behind the codes: from any row holding each code
+            row_of_slot = np.empty(null_slot + 1, dtype=np.int64)
+            row_of_slot[slots] = np.arange(slots.size)
+            distinct = column.gather(row_of_slot[present])
+        else:
+            distinct = pl.Series(column.name, present + low).cast(column.dtype)
+        table = np.full(null_slot + 1, present.size, dtype=np.int32)
+        table[present] = np.arange(present.size, dtype=np.int32)
+        return table[slots], distinct
     distinct = column.unique().drop_nulls()
-    if distinct.len() == 0:
-        return np.full(column.len(), FIELD_MISSING, dtype=np.int32)
+    codes = column.replace_strict(distinct, np.arange(distinct.len()), return_dtype=pl.Int32)
+    return codes.fill_null(distinct.len()).to_numpy(), distinct
+
+
+def _fit_categorical(spec: FieldSpec, column: pl.Series,
+                     train_index: np.ndarray | None) -> tuple[FieldVocab, np.ndarray]:
+    """A field's vocabulary (by training frequency, then value; at least ``min_count``) and local ids of all rows."""
+    codes, distinct = _dense_codes(column)
+    counts = np.bincount(codes if train_index is None else codes[train_index], minlength=distinct.len() + 1)[:-1]
+    ranked = (
+        pl.DataFrame({"value": distinct.cast(pl.String), "n": counts, "code": np.arange(distinct.len())})
+        .filter(pl.col("n") >= spec.min_count)
+        .sort(["n", "value"], descending=[True, False])
+    )
+    local_of_code = np.full(distinct.len() + 1, FIELD_UNK, dtype=np.int32)
+    local_of_code[-1] = FIELD_MISSING
+    local_of_code[ranked.get_column("code").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
+    vocab = FieldVocab(spec.name, "categorical", spec.name, values=ranked.get_column("value").to_list())
+    return vocab, local_of_code[codes]
+
+
+def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
+    """Local ids of a categorical field: one vocabulary lookup per distinct value."""
+    codes, distinct = _dense_codes(column)
     known = distinct.cast(pl.String).replace_strict(
         vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
     )
-    keys, distinct_keys = column, distinct
-    if column.dtype == pl.Categorical:
-        keys, distinct_keys = column.to_physical(), distinct.to_physical()
-    if keys.dtype.is_integer():
-        low, high = int(distinct_keys.min()), int(distinct_keys.max())
-        if high - low < DENSE_LOOKUP_LIMIT:
-            table = np.empty(high - low + 1, dtype=np.int32)
-            table[distinct_keys.to_numpy() - low] = known.to_numpy()
-            local = table[keys.fill_null(low).to_numpy() - low]
-            local[keys.is_null().to_numpy()] = FIELD_MISSING
-            return local
-    return column.replace_strict(distinct, known, return_dtype=pl.Int32).fill_null(FIELD_MISSING).to_numpy()
+    return np.append(known.to_numpy(), np.int32(FIELD_MISSING))[codes]
+
+
+def _numeric_local_ids(vocab: FieldVocab, values: np.ndarray) -> np.ndarray:
+    """Local ids of a binned field (``numeric``) or of an hour or weekday number; NaN is missing."""
+    if vocab.kind == "numeric":
+        local = _bin_index(values, np.asarray(vocab.edges[1:-1])) + N_FIELD_SPECIALS
+    else:
+        local = np.nan_to_num(values).astype(np.int32) + N_FIELD_SPECIALS
+    missing = np.isnan(values)
+    if missing.any():
+        local[missing] = FIELD_MISSING
+    return local
+
+
+def _bin_index(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
+    """How many ``inner_edges`` each value reaches (``searchsorted(..., side="right")``), as int32.
+
+    Up to a few dozen edges, one vectorized comparison per edge beats a binary search per value.
+    """
+    if inner_edges.size > COMPARE_EDGES_LIMIT:
+        return np.searchsorted(inner_edges, values, side="right").astype(np.int32)
+    index = np.zeros(values.shape, dtype=np.int32)
+    for edge in inner_edges:
+        index += values >= edge
+    return index
+
+
+def _training_edges(values: np.ndarray, train_index: np.ndarray | None, n_bins: int) -> list[float]:
+    return quantile_edges(values if train_index is None else values[train_index], n_bins).tolist()
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -177,42 +240,55 @@ class TabularTokenizer:
     @classmethod
     def fit(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
             threads: int = 2) -> TabularTokenizer:
-        """Learn vocabularies and bin edges from the training rows of ``frame``.
+        """Learn vocabularies and bin edges from the training rows of ``frame`` (see :meth:`fit_encode`)."""
+        return cls.fit_encode(frame, schema, rows=rows, threads=threads)[0]
 
-        ``rows`` (a boolean mask) selects those rows one column at a time, so the training
-        subset is never copied as a whole; ``None`` fits on every row. Fields are fitted on
-        ``threads`` threads.
+    @classmethod
+    def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
+                   order: np.ndarray | None = None, threads: int = 2) -> tuple[TabularTokenizer, np.ndarray]:
+        """Fit on the training rows of ``frame`` and encode all of its rows in one pass per field.
+
+        ``rows`` (a boolean mask) selects the training rows; ``None`` fits on every row. The ids
+        (as :meth:`encode` gives them) come back as rows ``order`` of ``frame`` (all rows in
+        frame order when ``None``). Each field's values are turned into dense codes once; the
+        vocabulary is counted and the ids looked up from those codes. Fields are fitted on
+        ``threads`` threads: Polars and NumPy release the GIL.
         """
-        selected = None if rows is None else pl.Series(np.asarray(rows, dtype=bool))
-        if (frame.height if selected is None else int(selected.sum())) == 0:
+        train_index = None if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
+        if (frame.height if train_index is None else train_index.size) == 0:
             raise TabbertError("cannot fit a tokenizer on zero rows")
 
-        def training_values(column: pl.Series) -> pl.Series:
-            return (column if selected is None else column.filter(selected)).drop_nulls()
-
-        def fit_field(spec: FieldSpec) -> FieldVocab:
-            column = training_values(frame.get_column(spec.name))
+        def fit_field(spec: FieldSpec) -> tuple[FieldVocab, np.ndarray]:
+            column = frame.get_column(spec.name)
             if spec.kind == "categorical":
-                counts = (
-                    column.value_counts(name="n").with_columns(pl.col(spec.name).cast(pl.String))
-                    .filter(pl.col("n") >= spec.min_count)
-                    .sort(["n", spec.name], descending=[True, False])
-                )
-                return FieldVocab(spec.name, "categorical", spec.name, values=counts.get_column(spec.name).to_list())
-            edges = quantile_edges(column.cast(pl.Float64).to_numpy(), spec.n_bins)
-            return FieldVocab(spec.name, "numeric", spec.name, edges=edges.tolist())
+                return _fit_categorical(spec, column, train_index)
+            values = column.cast(pl.Float64).to_numpy()
+            edges = _training_edges(values, train_index, spec.n_bins)
+            vocab = FieldVocab(spec.name, "numeric", spec.name, edges=edges)
+            return vocab, _numeric_local_ids(vocab, values)
 
-        def fit_time_feature(feature: str) -> FieldVocab:
+        def fit_time_feature(feature: str) -> tuple[FieldVocab, np.ndarray]:
             name = f"time.{feature}"
+            values = _time_column(frame, feature).cast(pl.Float64).to_numpy()
             if feature in ("hour", "weekday"):
-                return FieldVocab(name, feature, feature)
-            values = training_values(_time_column(frame, feature)).to_numpy()
-            return FieldVocab(name, "numeric", feature, edges=quantile_edges(values, schema.time_bins).tolist())
+                vocab = FieldVocab(name, feature, feature)
+            else:
+                vocab = FieldVocab(name, "numeric", feature, edges=_training_edges(values, train_index, schema.time_bins))
+            return vocab, _numeric_local_ids(vocab, values)
 
-        # fields are fitted in parallel: Polars and NumPy release the GIL
+        jobs = [partial(fit_field, spec) for spec in schema.fields]
+        jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]
+        tokens = np.empty((frame.height if order is None else len(order), len(jobs)), dtype=np.int32)
+
+        def run(j: int) -> FieldVocab:
+            vocab, local = jobs[j]()
+            tokens[:, j] = local if order is None else local[order]
+            return vocab
+
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            fields = [*pool.map(fit_field, schema.fields), *pool.map(fit_time_feature, schema.time_features)]
-        return cls(schema, fields)
+            tokenizer = cls(schema, list(pool.map(run, range(len(jobs)))))
+        tokens += np.asarray(tokenizer.field_offsets, dtype=np.int32)  # local ids become global ids
+        return tokenizer, tokens
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -235,13 +311,7 @@ class TabularTokenizer:
     def _local_ids(self, vocab: FieldVocab, column: pl.Series) -> np.ndarray:
         if vocab.kind == "categorical":
             return _categorical_local_ids(vocab, column)
-        values = column.cast(pl.Float64).to_numpy()
-        missing = np.isnan(values)
-        if vocab.kind == "numeric":
-            local = np.searchsorted(np.asarray(vocab.edges[1:-1]), values, side="right") + N_FIELD_SPECIALS
-        else:
-            local = np.nan_to_num(values).astype(np.int32) + N_FIELD_SPECIALS
-        return np.where(missing, FIELD_MISSING, local)
+        return _numeric_local_ids(vocab, column.cast(pl.Float64).to_numpy())
 
     def encode(self, frame: pl.DataFrame) -> np.ndarray:
         """Global ids ``[n_rows, n_fields]`` (int32) of a normalized frame, row order kept.

@@ -70,15 +70,26 @@ def test_categorical_vocabulary_by_frequency_min_count_and_unk():
         ([7, 3, 3, -(2**62), 7, 3, None], pl.Int64),  # a wide range: a hash map
         (["7", "3", "3", "9", "7", "3", None], pl.String),
         (["7", "3", "3", "9", "7", "3", None], pl.Categorical),
+        (["7", "3", "3", "9", "7", "3", None], pl.Enum(["9", "7", "3", "1"])),
+        ([2**63 + 7, 2**63 + 3, 2**63 + 3, 2**63 + 9, 2**63 + 7, 2**63 + 3, None], pl.UInt64),
     ],
 )
 def test_categorical_fields_encode_alike_from_text_categorical_or_integers(values, dtype):
     schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2),), time_features=())
     frame = frame_of(["x"] * len(values), [0.0] * len(values)).with_columns(pl.Series("shop", values).cast(dtype))
     tok = TabularTokenizer.fit(frame, schema)
-    assert tok.fields[0].values == ["3", "7"]
+    assert tok.fields[0].values == [str(values[1]), str(values[0])]  # "3" three times, "7" twice, "9" once
     local = tok.encode(frame)[:, 0] - tok.fields[0].offset
     assert local.tolist() == [3, 2, 2, FIELD_UNK, 3, 2, FIELD_MISSING]
+
+
+@pytest.mark.parametrize("dtype", [pl.String, pl.Categorical, pl.Int64, pl.Boolean])
+def test_a_field_without_values_is_missing_everywhere(dtype):
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=())
+    frame = frame_of(["x"] * 3, [0.0] * 3).with_columns(pl.Series("shop", [None] * 3).cast(dtype))
+    tok = TabularTokenizer.fit(frame, schema)
+    assert tok.fields[0].values == []
+    assert (tok.encode(frame)[:, 0] - tok.fields[0].offset).tolist() == [FIELD_MISSING] * 3
 
 
 def test_id_ranges_are_disjoint_and_cover_vocab():
@@ -154,3 +165,35 @@ def test_round_trip_property(shops, amounts):
     assert np.all((values >= lo) & (values <= hi))
     # encoding is a function of the decoded tokens: decode(encode) is stable
     assert tok.decode(ids).equals(decoded)
+
+
+CODE_VALUES = {
+    pl.String: st.sampled_from(["a", "b", "c", "δ", "", None]),
+    pl.Categorical: st.sampled_from(["a", "b", "c", None]),
+    pl.Int64: st.sampled_from([3, 5, 9, -(2**62), None]),
+    pl.Boolean: st.sampled_from([True, False, None]),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(list(CODE_VALUES)), n=st.integers(1, 30))
+def test_fit_encode_equals_fit_then_encode_in_any_order(data, dtype, n):
+    """The one-pass fit and encode gives the vocabulary and ids of ``fit`` then ``encode``."""
+    shops = data.draw(st.lists(CODE_VALUES[dtype], min_size=n, max_size=n))
+    amounts = data.draw(st.lists(st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False)), min_size=n, max_size=n))
+    entities = data.draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n))
+    hours = data.draw(st.lists(st.integers(0, 500), min_size=n, max_size=n))
+    rows = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    rows[data.draw(st.integers(0, n - 1))] = True
+    order = np.asarray(data.draw(st.permutations(range(n))), dtype=np.int64)
+    schema = TableSchema(
+        fields=(FieldSpec("shop", "categorical", min_count=data.draw(st.integers(1, 2))), FieldSpec("amount", "numeric")),
+        time_features=("timestamp", "hour", "weekday", "gap"),
+    )
+    frame = frame_of(["?"] * n, amounts, hours=hours, entities=entities).with_columns(
+        pl.Series("shop", shops, dtype=pl.String if dtype == pl.Categorical else dtype).cast(dtype)
+    )
+    fitted = TabularTokenizer.fit(frame, schema, rows=rows)
+    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=order)
+    assert tokenizer.fingerprint() == fitted.fingerprint()
+    np.testing.assert_array_equal(ids, fitted.encode(frame)[order])

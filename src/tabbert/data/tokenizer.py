@@ -128,7 +128,7 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
 
 
 def _dense_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """Codes ``0..K-1`` (int32) of the ``K`` distinct values of ``column``, ``K`` where it is null, and those values.
+    """The ``K`` distinct values of ``column`` and a code per row: ``0..K-1`` (int32), ``K`` for null.
 
     Categorical codes and integers spanning a small range (card numbers, codes, zips) index a
     table; text and wide-ranging integers go through one hash map.
@@ -141,7 +141,8 @@ def _dense_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
     low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
     if high - low < DENSE_LOOKUP_LIMIT:
         null_slot = high - low + 1
-        slots = keys.fill_null(low).to_numpy().astype(np.int64) - low
+        raw = keys.fill_null(low).to_numpy()
+        slots = (raw - raw.dtype.type(low)).astype(np.int64, copy=False)
         if nulls:
             slots[keys.is_null().to_numpy()] = null_slot
         present = np.flatnonzero(np.bincount(slots, minlength=null_slot + 1)[:null_slot])
@@ -150,7 +151,7 @@ def _dense_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
             row_of_slot[slots] = np.arange(slots.size)
             distinct = column.gather(row_of_slot[present])
         else:
-            distinct = pl.Series(column.name, present + low).cast(column.dtype)
+            distinct = pl.Series(column.name, present.astype(raw.dtype) + raw.dtype.type(low)).cast(column.dtype)
         table = np.full(null_slot + 1, present.size, dtype=np.int32)
         table[present] = np.arange(present.size, dtype=np.int32)
         return table[slots], distinct
@@ -240,7 +241,10 @@ class TabularTokenizer:
     @classmethod
     def fit(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
             threads: int = 2) -> TabularTokenizer:
-        """Learn vocabularies and bin edges from the training rows of ``frame`` (see :meth:`fit_encode`)."""
+        """Learn vocabularies and bin edges from the training rows of ``frame``.
+
+        The same fit as :meth:`fit_encode`, whose ids are dropped here.
+        """
         return cls.fit_encode(frame, schema, rows=rows, threads=threads)[0]
 
     @classmethod
@@ -273,7 +277,8 @@ class TabularTokenizer:
             if feature in ("hour", "weekday"):
                 vocab = FieldVocab(name, feature, feature)
             else:
-                vocab = FieldVocab(name, "numeric", feature, edges=_training_edges(values, train_index, schema.time_bins))
+                edges = _training_edges(values, train_index, schema.time_bins)
+                vocab = FieldVocab(name, "numeric", feature, edges=edges)
             return vocab, _numeric_local_ids(vocab, values)
 
         jobs = [partial(fit_field, spec) for spec in schema.fields]

@@ -119,3 +119,20 @@ def test_entity_time_order_sorts_by_entity_text_then_time_stably():
     assert np.array_equal(times, frame[TIME].dt.epoch("us").to_numpy()[order])
     in_order, same_offsets, _, _ = entity_time_order(frame[order])
     assert in_order is None and same_offsets.tolist() == offsets.tolist()
+
+
+@pytest.mark.parametrize("odd_microsecond", [False, True])
+def test_entity_time_order_over_millennia_matches_a_lexicographic_sort(odd_microsecond):
+    """Times too wide for a microsecond key are counted in minutes, or sorted pairwise when they must be."""
+    rng = np.random.default_rng(0)
+    n, entities = 400, [f"e{i:02d}" for i in range(40)]
+    minutes = rng.integers(0, 4_000 * 525_600, n)  # four thousand years, from the year 3000
+    times = [dt.datetime(3000, 1, 1) + dt.timedelta(minutes=int(m)) for m in minutes]
+    if odd_microsecond:
+        times[7] += dt.timedelta(microseconds=1)
+    frame = pl.DataFrame({ENTITY: rng.choice(entities, n), TIME: times})
+    order, offsets, names, sorted_times = entity_time_order(frame)
+    epoch_us = frame[TIME].dt.epoch("us").to_numpy()
+    assert order.tolist() == np.lexsort((epoch_us, frame[ENTITY].to_numpy())).tolist()
+    assert np.array_equal(sorted_times, epoch_us[order]) and names == sorted(set(frame[ENTITY].to_list()))
+    assert offsets[-1] == n

@@ -27,6 +27,8 @@ from tabbert.data.windows import (
 from tabbert.errors import DataError, TabbertError
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+KEY_LIMIT = 2**62  # the entity-then-time sort key (entity rank x time span + time) stays below this
+TIME_UNITS_US = (60_000_000, 1_000_000, 1_000)  # a minute, a second, a millisecond
 
 
 def source_digest(path: str | Path) -> str:
@@ -100,7 +102,8 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     order, entity_offsets, entities, times = entity_time_order(frame)
     lengths = np.diff(entity_offsets)
     gap_seconds = np.empty(frame.height, dtype=np.float64)
-    gap_seconds[1:] = np.diff(times) / 1e6
+    np.subtract(times[1:], times[:-1], out=gap_seconds[1:])
+    gap_seconds /= 1e6
     gap_seconds[entity_offsets[:-1]] = np.nan
     frame = with_time_features(frame, schema.time_features, order, gap_seconds)
 
@@ -189,25 +192,31 @@ def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarra
     Returns the order, ``entity_offsets`` (where each entity's rows begin in that order, plus
     the row count), the entities in order and the row times (epoch microseconds) in order.
     Rows usually come in runs of one entity, so entities are ranked run by run, and the order
-    is one stable integer sort of ``rank * time span + time``.
+    is one stable integer sort of ``rank * time span + time`` (time in minutes, seconds or
+    milliseconds when every row's time is a whole number of them and microseconds overflow).
     """
-    entity = frame.get_column(ENTITY)
-    run_starts = np.flatnonzero((entity != entity.shift(1)).fill_null(True).to_numpy())
-    run_keys = entity.gather(run_starts).cast(pl.String)
+    runs = frame.get_column(ENTITY).rle().struct.unnest()
+    run_lengths = runs.get_column("len").to_numpy()
+    run_keys = runs.get_column("value").cast(pl.String)
     entities = run_keys.unique().sort()
     run_rank = run_keys.replace_strict(entities, np.arange(entities.len()), return_dtype=pl.Int64).to_numpy()
-    rank = np.repeat(run_rank, np.diff(np.append(run_starts, frame.height)))
-    times = frame.get_column(TIME).dt.epoch("us").to_numpy()
-    first, span = int(times.min()), int(times.max()) - int(times.min()) + 1
-    if entities.len() * span < 2**62:
-        key = rank * span + (times - first)
-        order = None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
-    else:
-        order = np.lexsort((times, rank))
-    if order is not None:
-        times = times[order]
     entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rank, minlength=entities.len()), out=entity_offsets[1:])
+    entity_offsets[1:] = np.cumsum(np.bincount(run_rank, weights=run_lengths, minlength=entities.len()))
+    times = frame.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()  # epoch microseconds
+    first, last = int(times.min()), int(times.max())
+    unit = 1
+    if entities.len() * (last - first + 1) >= KEY_LIMIT:  # count time in the coarsest unit that loses nothing
+        unit = next((u for u in TIME_UNITS_US if not np.any(times % u)), 1)
+    span = (last - first) // unit + 1
+    if entities.len() * span < KEY_LIMIT:
+        key = np.repeat(run_rank * span - first // unit, run_lengths)  # one array as long as the table
+        key += times // unit if unit > 1 else times
+        order = None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
+        if order is not None:
+            times = np.take(times, order, out=key)  # the sort key is spent: its memory takes the times
+    else:
+        order = np.lexsort((times, np.repeat(run_rank, run_lengths)))
+        times = times[order]
     return order, entity_offsets, entities.to_list(), times
 
 

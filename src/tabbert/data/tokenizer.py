@@ -127,63 +127,65 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
     return frame.select(_time_feature_expr(feature, order_by).alias(name)).to_series()
 
 
-def _dense_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """The ``K`` distinct values of ``column`` and a code per row: ``0..K-1`` (int32), ``K`` for null.
+def _value_slots(column: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series, int]:
+    """Each row's slot in a small table of the column's values: ``(slots, present, values, null_slot)``.
 
-    Categorical codes and integers spanning a small range (card numbers, codes, zips) index a
-    table; text and wide-ranging integers go through one hash map.
+    ``slots`` (intp) lie in ``0..null_slot``, null rows in ``null_slot``; ``present`` lists the
+    slots that non-null rows hold, ascending, and ``values`` their values. Categorical codes and
+    integers spanning a small range (card numbers, codes, zips) are their own slots, less the
+    smallest; text and wide-ranging integers get theirs through one hash map.
     """
     nulls = column.null_count()
     if nulls == column.len():
-        return np.zeros(column.len(), dtype=np.int32), column.clear()
+        return np.zeros(column.len(), dtype=np.intp), np.zeros(0, dtype=np.intp), column.clear(), 0
     categorical = isinstance(column.dtype, (pl.Categorical, pl.Enum))
     keys = column.to_physical() if categorical else column
     low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
     if high - low < DENSE_LOOKUP_LIMIT:
         null_slot = high - low + 1
         raw = keys.fill_null(low).to_numpy()
-        slots = (raw - raw.dtype.type(low)).astype(np.int64, copy=False)
+        slots = (raw - raw.dtype.type(low)).astype(np.intp, copy=False)
         if nulls:
             slots[keys.is_null().to_numpy()] = null_slot
+        if categorical:
+            values = column.unique().drop_nulls()
+            value_slots = values.to_physical().to_numpy().astype(np.intp) - low
+            by_slot = np.argsort(value_slots)
+            return slots, value_slots[by_slot], values.gather(by_slot), null_slot
         present = np.flatnonzero(np.bincount(slots, minlength=null_slot + 1)[:null_slot])
-        if categorical:  # the values behind the codes: from any row holding each code
-            row_of_slot = np.empty(null_slot + 1, dtype=np.int64)
-            row_of_slot[slots] = np.arange(slots.size)
-            distinct = column.gather(row_of_slot[present])
-        else:
-            distinct = pl.Series(column.name, present.astype(raw.dtype) + raw.dtype.type(low)).cast(column.dtype)
-        table = np.full(null_slot + 1, present.size, dtype=np.int32)
-        table[present] = np.arange(present.size, dtype=np.int32)
-        return table[slots], distinct
-    distinct = column.unique().drop_nulls()
-    codes = column.replace_strict(distinct, np.arange(distinct.len()), return_dtype=pl.Int32)
-    return codes.fill_null(distinct.len()).to_numpy(), distinct
+        values = pl.Series(column.name, present.astype(raw.dtype) + raw.dtype.type(low)).cast(column.dtype)
+        return slots, present, values, null_slot
+    values = column.unique().drop_nulls()
+    slots = column.replace_strict(values, np.arange(values.len()), return_dtype=pl.Int64).fill_null(values.len())
+    return slots.to_numpy(), np.arange(values.len()), values, values.len()
 
 
 def _fit_categorical(spec: FieldSpec, column: pl.Series,
                      train_index: np.ndarray | None) -> tuple[FieldVocab, np.ndarray]:
     """A field's vocabulary (by training frequency, then value; at least ``min_count``) and local ids of all rows."""
-    codes, distinct = _dense_codes(column)
-    counts = np.bincount(codes if train_index is None else codes[train_index], minlength=distinct.len() + 1)[:-1]
+    slots, present, values, null_slot = _value_slots(column)
+    train_slots = slots if train_index is None else slots[train_index]
+    counts = np.bincount(train_slots, minlength=null_slot + 1)[present]
     ranked = (
-        pl.DataFrame({"value": distinct.cast(pl.String), "n": counts, "code": np.arange(distinct.len())})
+        pl.DataFrame({"value": values.cast(pl.String), "n": counts, "slot": present})
         .filter(pl.col("n") >= spec.min_count)
         .sort(["n", "value"], descending=[True, False])
     )
-    local_of_code = np.full(distinct.len() + 1, FIELD_UNK, dtype=np.int32)
-    local_of_code[-1] = FIELD_MISSING
-    local_of_code[ranked.get_column("code").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
+    local_of_slot = np.full(null_slot + 1, FIELD_UNK, dtype=np.int32)
+    local_of_slot[null_slot] = FIELD_MISSING
+    local_of_slot[ranked.get_column("slot").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
     vocab = FieldVocab(spec.name, "categorical", spec.name, values=ranked.get_column("value").to_list())
-    return vocab, local_of_code[codes]
+    return vocab, local_of_slot[slots]
 
 
 def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
     """Local ids of a categorical field: one vocabulary lookup per distinct value."""
-    codes, distinct = _dense_codes(column)
-    known = distinct.cast(pl.String).replace_strict(
+    slots, present, values, null_slot = _value_slots(column)
+    local_of_slot = np.full(null_slot + 1, FIELD_MISSING, dtype=np.int32)
+    local_of_slot[present] = values.cast(pl.String).replace_strict(
         vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
-    )
-    return np.append(known.to_numpy(), np.int32(FIELD_MISSING))[codes]
+    ).to_numpy()
+    return local_of_slot[slots]
 
 
 def _numeric_local_ids(vocab: FieldVocab, values: np.ndarray) -> np.ndarray:

@@ -132,8 +132,9 @@ def _value_slots(column: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series, 
 
     ``slots`` (intp) lie in ``0..null_slot``, null rows in ``null_slot``; ``present`` lists the
     slots that non-null rows hold, ascending, and ``values`` their values. Categorical codes and
-    integers spanning a small range (card numbers, codes, zips) are their own slots, less the
-    smallest; text and wide-ranging integers get theirs through one hash map.
+    integers spanning a small range (card numbers, codes, zips) are their own slots (less the
+    smallest, when negative or large); text and wide-ranging integers get theirs through one
+    hash map.
     """
     nulls = column.null_count()
     if nulls == column.len():
@@ -141,19 +142,21 @@ def _value_slots(column: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series, 
     categorical = isinstance(column.dtype, (pl.Categorical, pl.Enum))
     keys = column.to_physical() if categorical else column
     low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
-    if high - low < DENSE_LOOKUP_LIMIT:
-        null_slot = high - low + 1
-        raw = keys.fill_null(low).to_numpy()
-        slots = (raw - raw.dtype.type(low)).astype(np.intp, copy=False)
+    offset = 0 if 0 <= low and high < DENSE_LOOKUP_LIMIT else low  # small non-negative keys are their own slots
+    if high - offset < DENSE_LOOKUP_LIMIT:
+        null_slot = high - offset + 1
+        raw = keys.fill_null(offset).to_numpy() if nulls else keys.to_numpy()
+        slots = raw - raw.dtype.type(offset) if offset else raw
+        slots = slots.astype(np.intp, copy=bool(nulls) and slots is raw)  # written below: our own copy
         if nulls:
             slots[keys.is_null().to_numpy()] = null_slot
         if categorical:
             values = column.unique().drop_nulls()
-            value_slots = values.to_physical().to_numpy().astype(np.intp) - low
+            value_slots = values.to_physical().to_numpy().astype(np.intp) - offset
             by_slot = np.argsort(value_slots)
             return slots, value_slots[by_slot], values.gather(by_slot), null_slot
         present = np.flatnonzero(np.bincount(slots, minlength=null_slot + 1)[:null_slot])
-        values = pl.Series(column.name, present.astype(raw.dtype) + raw.dtype.type(low)).cast(column.dtype)
+        values = pl.Series(column.name, present.astype(raw.dtype) + raw.dtype.type(offset)).cast(column.dtype)
         return slots, present, values, null_slot
     values = column.unique().drop_nulls()
     slots = column.replace_strict(values, np.arange(values.len()), return_dtype=pl.Int64).fill_null(values.len())
@@ -161,11 +164,13 @@ def _value_slots(column: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series, 
 
 
 def _fit_categorical(spec: FieldSpec, column: pl.Series,
-                     train_index: np.ndarray | None) -> tuple[FieldVocab, np.ndarray]:
-    """A field's vocabulary (by training frequency, then value; at least ``min_count``) and local ids of all rows."""
+                     train_weight: np.ndarray | None) -> tuple[FieldVocab, np.ndarray]:
+    """A field's vocabulary (by training frequency, then value; at least ``min_count``) and local ids of all rows.
+
+    ``train_weight`` is 1.0 on training rows and 0.0 elsewhere (``None``: all rows train).
+    """
     slots, present, values, null_slot = _value_slots(column)
-    train_slots = slots if train_index is None else slots[train_index]
-    counts = np.bincount(train_slots, minlength=null_slot + 1)[present]
+    counts = np.bincount(slots, weights=train_weight, minlength=null_slot + 1)[present].astype(np.int64)
     ranked = (
         pl.DataFrame({"value": values.cast(pl.String), "n": counts, "slot": present})
         .filter(pl.col("n") >= spec.min_count)
@@ -263,11 +268,13 @@ class TabularTokenizer:
         train_index = None if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
         if (frame.height if train_index is None else train_index.size) == 0:
             raise TabbertError("cannot fit a tokenizer on zero rows")
+        # categories are counted on the training rows by weight: no per-field copy of those rows
+        train_weight = None if rows is None else np.asarray(rows, dtype=np.float64)
 
         def fit_field(spec: FieldSpec) -> tuple[FieldVocab, np.ndarray]:
             column = frame.get_column(spec.name)
             if spec.kind == "categorical":
-                return _fit_categorical(spec, column, train_index)
+                return _fit_categorical(spec, column, train_weight)
             values = column.cast(pl.Float64).to_numpy()
             edges = _training_edges(values, train_index, spec.n_bins)
             vocab = FieldVocab(spec.name, "numeric", spec.name, edges=edges)

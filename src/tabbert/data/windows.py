@@ -39,9 +39,9 @@ def window_labels(row_labels: np.ndarray, starts: np.ndarray, seq_len: int, mode
     starts = np.asarray(starts, dtype=np.int64)
     if mode == "last":
         return np.asarray(row_labels)[starts + seq_len - 1].astype(np.int64)
-    if mode == "any":
-        positives = np.concatenate([[0], np.cumsum(np.asarray(row_labels) > 0, dtype=np.int64)])
-        return (positives[starts + seq_len] - positives[starts] > 0).astype(np.int64)
+    if mode == "any":  # some positive row in [start, start + seq_len)
+        positive_rows = np.flatnonzero(np.asarray(row_labels) > 0)
+        return (np.searchsorted(positive_rows, starts + seq_len) > np.searchsorted(positive_rows, starts)).astype(np.int64)
     raise TabbertError(f"label mode must be 'any' or 'last', got {mode!r}")
 
 

@@ -12,6 +12,7 @@ import polars as pl
 
 from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
 from tabbert.data.schema import ENTITY, ROW, TIME, Table
+from tabbert.data.sources import read_source
 from tabbert.data.tokenizer import TabularTokenizer, with_time_features
 from tabbert.data.windows import (
     SPLIT_METHODS,
@@ -66,8 +67,6 @@ def prepare(
     _check_options(out, seq_len, stride, split, fractions)
     if not Path(input).exists():
         raise DataError(input, "input not found")
-    from tabbert.data.sources import read_source
-
     started = time.perf_counter()
     table = read_source(source, input, schema=schema, **reader_options)
     read_seconds = round(time.perf_counter() - started, 3)

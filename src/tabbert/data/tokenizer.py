@@ -261,9 +261,9 @@ class TabularTokenizer:
 
         ``rows`` (a boolean mask) selects the training rows; ``None`` fits on every row. The ids
         (as :meth:`encode` gives them) come back as rows ``order`` of ``frame`` (all rows in
-        frame order when ``None``). Each field's values are turned into dense codes once; the
-        vocabulary is counted and the ids looked up from those codes. Fields are fitted on
-        ``threads`` threads: Polars and NumPy release the GIL.
+        frame order when ``None``). Each field's values are put in the slots of a small table
+        once; the vocabulary is counted and the ids looked up from those slots. Fields are
+        fitted on ``threads`` threads: Polars and NumPy release the GIL.
         """
         train_index = None if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
         if (frame.height if train_index is None else train_index.size) == 0:

@@ -201,7 +201,7 @@ def test_fit_encode_equals_fit_then_encode_in_any_order(data, dtype, n):
     rows[data.draw(st.integers(0, n - 1))] = True
     order = np.asarray(data.draw(st.permutations(range(n))), dtype=np.int64)
     shop = FieldSpec("shop", "categorical", min_count=data.draw(st.integers(1, 2)))
-    schema = TableSchema(fields=(shop, FieldSpec("amount", "numeric")), time_features=("timestamp", "hour", "weekday", "gap"))
+    schema = TableSchema(fields=(shop, FieldSpec("amount", "numeric")), time_features=SCHEMA.time_features)
     frame = frame_of(["?"] * n, amounts, hours=hours, entities=entities).with_columns(
         pl.Series("shop", shops, dtype=pl.String if dtype == pl.Categorical else dtype).cast(dtype)
     )

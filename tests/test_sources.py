@@ -16,6 +16,7 @@ from tabbert.data.schema import ENTITY, ROW, TIME, SchemaError
 from tabbert.data.sources import (
     CARD_COLUMNS,
     PRSA_COLUMNS,
+    _days_since_epoch,
     read_card,
     read_generic,
     read_prsa,
@@ -464,3 +465,13 @@ def test_generic_rows_to_score_need_no_labels(tmp_path):
         read_generic(tmp_path / "new.csv", schema)
     table = read_generic(tmp_path / "new.csv", schema, require_labels=False)
     assert table.rows_kept == 5 and table.frame["label"].null_count() == 5
+
+
+def test_days_since_epoch_match_the_calendar():
+    # every day of two leap cycles around 2000, plus the first and last days the readers accept
+    dates = [dt.date(1899, 12, 1) + dt.timedelta(days=i) for i in range(2 * 1461 + 40000)]
+    dates += [dt.date(1, 1, 1), dt.date(1600, 2, 29), dt.date(9999, 12, 31)]
+    frame = pl.DataFrame({"y": [d.year for d in dates], "m": [d.month for d in dates], "d": [d.day for d in dates]},
+                         schema={"y": pl.Int32, "m": pl.Int32, "d": pl.Int32})
+    days = frame.select(_days_since_epoch(pl.col("y"), pl.col("m"), pl.col("d"))).to_series().to_list()
+    assert days == [(d - dt.date(1970, 1, 1)).days for d in dates]

@@ -85,6 +85,8 @@ NEGATIVE_VALUES = ("0", "no", "false", "n")
 DATA_FILE_PATTERNS = ("*.csv", "*.csv.gz", "*.parquet")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
+MINUTES_PER_DAY = 24 * 60
+MICROSECONDS_PER_MINUTE = 60_000_000
 _CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 _INTEGER = r"^-?[0-9]+$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
@@ -545,7 +547,23 @@ def _datetime_from_parts(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) ->
     for column, value, (low, high, expected) in zip(columns, values, ranges):
         valid.append(value.is_between(low, high).fill_null(False))
         query.check(column, ~valid[-1], expected)
-    return pl.datetime(pl.when(pl.all_horizontal(valid)).then(year), *values[1:], time_unit="us")
+    minutes = _days_since_epoch(year, month, values[2]) * MINUTES_PER_DAY
+    for value, per_unit in zip(values[3:], (60, 1)):
+        minutes = minutes + value * per_unit
+    return pl.when(pl.all_horizontal(valid)).then(minutes * MICROSECONDS_PER_MINUTE).cast(pl.Datetime("us"))
+
+
+def _days_since_epoch(year: pl.Expr, month: pl.Expr, day: pl.Expr) -> pl.Expr:
+    """Days from 1970-01-01 to a valid proleptic Gregorian date, in integer arithmetic.
+
+    Years are counted from March, so that a leap day ends its year; 400 years make 146,097
+    days, and 719,468 days lie between 0000-03-01 and 1970-01-01.
+    """
+    march_year = year.cast(pl.Int64) - (month <= 2).cast(pl.Int64)
+    era = march_year // 400
+    year_of_era = march_year - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    return era * 146_097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719_468
 
 
 def _time_column(query: _Query, path: Path, column: str, dtype: pl.DataType, time_format: str | None) -> pl.Expr:

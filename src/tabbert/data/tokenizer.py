@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -164,10 +165,12 @@ def _value_slots(column: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series, 
 
 
 def _fit_categorical(spec: FieldSpec, column: pl.Series,
-                     train_weight: np.ndarray | None) -> tuple[FieldVocab, np.ndarray]:
-    """A field's vocabulary (by training frequency, then value; at least ``min_count``) and local ids of all rows.
+                     train_weight: np.ndarray | None) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
+    """A field's vocabulary and a function giving the local ids of all rows.
 
-    ``train_weight`` is 1.0 on training rows and 0.0 elsewhere (``None``: all rows train).
+    The vocabulary holds the values seen at least ``min_count`` times on training rows, by
+    frequency, then value. ``train_weight`` is 1.0 on training rows and 0.0 elsewhere
+    (``None``: all rows train).
     """
     slots, present, values, null_slot = _value_slots(column)
     counts = np.bincount(slots, weights=train_weight, minlength=null_slot + 1)[present].astype(np.int64)
@@ -180,7 +183,7 @@ def _fit_categorical(spec: FieldSpec, column: pl.Series,
     local_of_slot[null_slot] = FIELD_MISSING
     local_of_slot[ranked.get_column("slot").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
     vocab = FieldVocab(spec.name, "categorical", spec.name, values=ranked.get_column("value").to_list())
-    return vocab, local_of_slot[slots]
+    return vocab, partial(np.take, local_of_slot, slots)
 
 
 def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
@@ -250,37 +253,51 @@ class TabularTokenizer:
             threads: int = 2) -> TabularTokenizer:
         """Learn vocabularies and bin edges from the training rows of ``frame``.
 
-        The same fit as :meth:`fit_encode`, whose ids are dropped here.
+        ``rows`` (a boolean mask) selects the training rows; ``None`` fits on every row. Each
+        field's values are put in the slots of a small table once and counted there. Fields
+        are fitted on ``threads`` threads: Polars and NumPy release the GIL.
         """
-        return cls.fit_encode(frame, schema, rows=rows, threads=threads)[0]
+        return cls._fit_fields(frame, schema, rows, threads)
 
     @classmethod
     def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
                    order: np.ndarray | None = None, threads: int = 2) -> tuple[TabularTokenizer, np.ndarray]:
-        """Fit on the training rows of ``frame`` and encode all of its rows in one pass per field.
+        """:meth:`fit`, and the ids :meth:`encode` gives every row, from the same pass over each field.
 
-        ``rows`` (a boolean mask) selects the training rows; ``None`` fits on every row. The ids
-        (as :meth:`encode` gives them) come back as rows ``order`` of ``frame`` (all rows in
-        frame order when ``None``). Each field's values are put in the slots of a small table
-        once; the vocabulary is counted and the ids looked up from those slots. Fields are
-        fitted on ``threads`` threads: Polars and NumPy release the GIL.
+        The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
+        looked up from the slots the fit counted instead of from the values again.
         """
+        n_rows = frame.height if order is None else len(order)
+        tokens = np.empty((n_rows, len(schema.fields) + len(schema.time_features)), dtype=np.int32)
+
+        def keep_ids(j: int, local: np.ndarray) -> None:
+            tokens[:, j] = local if order is None else local[order]
+
+        tokenizer = cls._fit_fields(frame, schema, rows, threads, keep_ids)
+        tokens += np.asarray(tokenizer.field_offsets, dtype=np.int32)  # local ids become global ids
+        return tokenizer, tokens
+
+    @classmethod
+    def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None, threads: int,
+                    keep_ids: Callable[[int, np.ndarray], None] | None = None) -> TabularTokenizer:
+        """Fit every field; with ``keep_ids``, also hand it each field's index and local ids."""
         train_index = None if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
         if (frame.height if train_index is None else train_index.size) == 0:
             raise TabbertError("cannot fit a tokenizer on zero rows")
-        # categories are counted on the training rows by weight: no per-field copy of those rows
+        # bins need the training values themselves; categories are counted on the training
+        # rows by weight, with no per-field copy of those rows
         train_weight = None if rows is None else np.asarray(rows, dtype=np.float64)
 
-        def fit_field(spec: FieldSpec) -> tuple[FieldVocab, np.ndarray]:
+        def fit_field(spec: FieldSpec) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             column = frame.get_column(spec.name)
             if spec.kind == "categorical":
                 return _fit_categorical(spec, column, train_weight)
             values = column.cast(pl.Float64).to_numpy()
             edges = _training_edges(values, train_index, spec.n_bins)
             vocab = FieldVocab(spec.name, "numeric", spec.name, edges=edges)
-            return vocab, _numeric_local_ids(vocab, values)
+            return vocab, partial(_numeric_local_ids, vocab, values)
 
-        def fit_time_feature(feature: str) -> tuple[FieldVocab, np.ndarray]:
+        def fit_time_feature(feature: str) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             name = f"time.{feature}"
             values = _time_column(frame, feature).cast(pl.Float64).to_numpy()
             if feature in ("hour", "weekday"):
@@ -288,21 +305,19 @@ class TabularTokenizer:
             else:
                 edges = _training_edges(values, train_index, schema.time_bins)
                 vocab = FieldVocab(name, "numeric", feature, edges=edges)
-            return vocab, _numeric_local_ids(vocab, values)
+            return vocab, partial(_numeric_local_ids, vocab, values)
 
         jobs = [partial(fit_field, spec) for spec in schema.fields]
         jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]
-        tokens = np.empty((frame.height if order is None else len(order), len(jobs)), dtype=np.int32)
 
         def run(j: int) -> FieldVocab:
-            vocab, local = jobs[j]()
-            tokens[:, j] = local if order is None else local[order]
+            vocab, local_ids = jobs[j]()
+            if keep_ids is not None:
+                keep_ids(j, local_ids())
             return vocab
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            tokenizer = cls(schema, list(pool.map(run, range(len(jobs)))))
-        tokens += np.asarray(tokenizer.field_offsets, dtype=np.int32)  # local ids become global ids
-        return tokenizer, tokens
+            return cls(schema, list(pool.map(run, range(len(jobs)))))
 
     # ------------------------------------------------------------------ encoding
     @property

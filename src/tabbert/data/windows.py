@@ -41,7 +41,8 @@ def window_labels(row_labels: np.ndarray, starts: np.ndarray, seq_len: int, mode
         return np.asarray(row_labels)[starts + seq_len - 1].astype(np.int64)
     if mode == "any":  # some positive row in [start, start + seq_len)
         positive_rows = np.flatnonzero(np.asarray(row_labels) > 0)
-        before_end, before_start = (np.searchsorted(positive_rows, edge) for edge in (starts + seq_len, starts))
+        before_start = np.searchsorted(positive_rows, starts)
+        before_end = np.searchsorted(positive_rows, starts + seq_len)
         return (before_end > before_start).astype(np.int64)
     raise TabbertError(f"label mode must be 'any' or 'last', got {mode!r}")
 

@@ -221,7 +221,7 @@ def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarra
 
 def _ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
     """``values`` (rows first) in entity-then-time order."""
-    return values if order is None else values[order]
+    return values if order is None else np.take(values, order, axis=0)
 
 
 def _check_options(out, seq_len: int, stride: int, split: str, fractions) -> None:

@@ -1,4 +1,5 @@
 import datetime as dt
+import hashlib
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import polars as pl
 import pytest
 from conftest import make_table
 
-from tabbert.data.preparation import entity_time_order, prepare_table
+from tabbert.data.preparation import entity_time_order, prepare_table, source_digest
 from tabbert.data.schema import ENTITY, TIME
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer
@@ -136,3 +137,13 @@ def test_entity_time_order_over_millennia_matches_a_lexicographic_sort(odd_micro
     assert order.tolist() == np.lexsort((epoch_us, frame[ENTITY].to_numpy())).tolist()
     assert np.array_equal(sorted_times, epoch_us[order]) and names == sorted(set(frame[ENTITY].to_list()))
     assert offsets[-1] == n
+
+
+def test_source_digest_hashes_each_file_of_a_folder_in_name_order(tmp_path):
+    contents = {"b.csv": b"x,y\n1,2\n", "a.csv": b"", "c.csv": bytes(range(256)) * 5000}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    expected = hashlib.sha256(b"".join(hashlib.sha256(contents[n]).digest() for n in sorted(contents))).hexdigest()
+    assert source_digest(tmp_path) == expected
+    single = hashlib.sha256(hashlib.sha256(contents["c.csv"]).digest()).hexdigest()
+    assert source_digest(tmp_path / "c.csv") == single

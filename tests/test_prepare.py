@@ -10,7 +10,7 @@ from conftest import make_table
 from tabbert.data.preparation import entity_time_order, prepare_table, source_digest
 from tabbert.data.schema import ENTITY, TIME
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.data.tokenizer import TabularTokenizer, id_dtype
 from tabbert.errors import ArtifactError, DataError, TabbertError
 
 
@@ -100,7 +100,7 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     ])
     meta = json.loads((data.path / "meta.json").read_text())
     assert meta["fields"] == TabularTokenizer.load(data.path).field_names
-    assert np.load(data.path / "tokens.npy", mmap_mode="r").dtype == np.int32
+    assert np.load(data.path / "tokens.npy", mmap_mode="r").dtype == id_dtype(data.tokenizer.vocab_size)
     assert meta["value_columns"] == ["amount", "gap_seconds"]
     # raw amounts in entity-then-time order; the gap is NaN on each entity's first row
     np.testing.assert_array_equal(data.values[:23, 0], np.arange(23))

@@ -1,4 +1,5 @@
 import datetime as dt
+from fractions import Fraction
 
 import numpy as np
 import polars as pl
@@ -13,6 +14,7 @@ from tabbert.data.tokenizer import (
     N_FIELD_SPECIALS,
     SPECIAL_TOKENS,
     TabularTokenizer,
+    id_dtype,
     quantile_edges,
 )
 from tabbert.errors import ArtifactError
@@ -40,6 +42,20 @@ def test_bin_edges_on_known_data():
     np.testing.assert_allclose(edges, [0, 25, 50, 75, 100])
     # repeated values collapse duplicate edges instead of making empty bins
     assert quantile_edges(np.array([0.0] * 90 + [1.0] * 10), 10).tolist() == [0.0, 1.0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.integers(-50, 50), min_size=1, max_size=600), n_bins=st.integers(1, 60))
+def test_quantile_edges_are_the_exact_lower_quantiles(values, n_bins):
+    """Edge ``i`` is the sorted value at ``floor(i (n - 1) / n_bins)``, computed without float error."""
+    ordered = sorted(values)
+    exact = {ordered[int(Fraction(i * (len(values) - 1), n_bins))] for i in range(n_bins + 1)}
+    assert quantile_edges(np.asarray(values, dtype=float), n_bins).tolist() == sorted(exact)
+
+
+def test_quantile_edges_where_float_positions_round_down():
+    values = np.arange(457.0)  # 13/19 of 456 is exactly 312; in floating point, 311.99999999999994
+    assert quantile_edges(values, 19)[13] == 312.0
 
 
 @pytest.mark.parametrize("n_bins", [5, 50])  # edges placed by comparisons, or by binary search
@@ -209,3 +225,18 @@ def test_fit_encode_equals_fit_then_encode_in_any_order(data, dtype, n):
     tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=order)
     assert tokenizer.fingerprint() == fitted.fingerprint()
     np.testing.assert_array_equal(ids, fitted.encode(frame)[order])
+
+
+@pytest.mark.parametrize("n_shops, dtype", [(10, np.uint8), (300, np.uint16), (70_000, np.int32)])
+def test_fit_encode_keeps_ids_in_the_narrowest_type_holding_the_vocabulary(n_shops, dtype):
+    shops = pl.Series("shop", np.arange(n_shops) % 70_001 * 7919)  # integers spread wide: hashed
+    frame = pl.DataFrame({ROW: np.arange(n_shops, dtype=np.uint64), "shop": shops, "amount": np.zeros(n_shops)})
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical"), FieldSpec("amount", "numeric")), time_features=())
+    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema)
+    assert ids.dtype == id_dtype(tokenizer.vocab_size) == dtype
+    np.testing.assert_array_equal(ids, tokenizer.encode(frame))
+    assert int(ids.max()) == tokenizer.vocab_size - 1
+
+
+def test_id_dtype_boundaries():
+    assert [id_dtype(n) for n in (1, 256, 257, 65_536, 65_537)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.int32]

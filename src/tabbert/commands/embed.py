@@ -102,7 +102,7 @@ def write_embeddings(model_dir: str | Path, data_dir: str | Path, out: str | Pat
             for begin in tqdm(range(0, len(starts), batch_size), desc="embedding", unit="batch",
                               total=-(-len(starts) // batch_size)):
                 chunk = slice(begin, begin + batch_size)
-                input_ids = torch.from_numpy(data.window_tokens(starts[chunk])).long().to(device)
+                input_ids = torch.from_numpy(data.window_tokens(starts[chunk]).astype(np.int64)).to(device)
                 attention_mask = (input_ids != PAD_ID).any(dim=-1).long()
                 hidden = encoder(input_ids, attention_mask=attention_mask).last_hidden_state.float()
                 batch = _records(data, starts[chunk], split_names[chunk], hidden, attention_mask, schema)

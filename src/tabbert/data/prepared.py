@@ -2,7 +2,8 @@
 
 Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)::
 
-    tokens.npy           int32 [n_rows, n_fields]  rows in entity-then-time order
+    tokens.npy           uint8/uint16/int32 [n_rows, n_fields]  rows in entity-then-time order, ids in
+                         the narrowest type holding the vocabulary
     entity_offsets.npy   int64 [n_entities + 1]    where each entity's rows start
     labels.npy           int8  [n_rows]            classification label per row, or
     targets.npy          float32 [n_rows, n_targets]  regression targets per row

@@ -42,6 +42,14 @@ COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than bin
 MICROSECONDS_PER_HOUR = 3_600_000_000
 
 
+def id_dtype(n_ids: int) -> np.dtype:
+    """The narrowest of uint8, uint16 and int32 that holds the ids ``0 .. n_ids - 1``."""
+    for dtype in (np.uint8, np.uint16):
+        if n_ids <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
 @dataclass
 class FieldVocab:
     """One field's slice of the id space: a vocabulary (``values``) or bin ``edges``."""
@@ -186,7 +194,7 @@ def _fit_categorical(spec: FieldSpec, column: pl.Series,
         pl.DataFrame({"value": slots.values_of(kept).cast(pl.String), "n": counts[kept].astype(np.int64), "slot": kept})
         .sort(["n", "value"], descending=[True, False])
     )
-    local_of_slot = np.full(slots.null_slot + 1, FIELD_UNK, dtype=np.int32)
+    local_of_slot = np.full(slots.null_slot + 1, FIELD_UNK, dtype=id_dtype(N_FIELD_SPECIALS + ranked.height))
     local_of_slot[slots.null_slot] = FIELD_MISSING
     local_of_slot[ranked.get_column("slot").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
     vocab = FieldVocab(spec.name, "categorical", spec.name, values=ranked.get_column("value").to_list())
@@ -197,7 +205,7 @@ def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
     """Local ids of a categorical field: one vocabulary lookup per distinct value."""
     slots = _value_slots(column)
     present = np.flatnonzero(np.bincount(slots.ids, minlength=slots.null_slot + 1)[: slots.null_slot])
-    local_of_slot = np.full(slots.null_slot + 1, FIELD_MISSING, dtype=np.int32)
+    local_of_slot = np.full(slots.null_slot + 1, FIELD_MISSING, dtype=id_dtype(vocab.size))
     local_of_slot[present] = slots.values_of(present).cast(pl.String).replace_strict(
         vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
     ).to_numpy()
@@ -206,7 +214,8 @@ def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
 
 def _numeric_local_ids(vocab: FieldVocab, values: np.ndarray) -> np.ndarray:
     """Local ids of a binned (``numeric``) field; NaN is missing."""
-    local = _bin_index(values, np.asarray(vocab.edges[1:-1])) + N_FIELD_SPECIALS
+    local = _bin_index(values, np.asarray(vocab.edges[1:-1]), id_dtype(vocab.size))
+    local += N_FIELD_SPECIALS
     missing = np.isnan(values)
     if missing.any():
         local[missing] = FIELD_MISSING
@@ -215,17 +224,17 @@ def _numeric_local_ids(vocab: FieldVocab, values: np.ndarray) -> np.ndarray:
 
 def _clock_local_ids(column: pl.Series) -> np.ndarray:
     """Local ids of hour (0-23) or weekday (0-6) numbers; null is missing."""
-    return (column.cast(pl.Int32) + N_FIELD_SPECIALS).fill_null(FIELD_MISSING).to_numpy()
+    return (column.cast(pl.UInt8) + N_FIELD_SPECIALS).fill_null(FIELD_MISSING).to_numpy()
 
 
-def _bin_index(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
-    """How many ``inner_edges`` each value reaches (``searchsorted(..., side="right")``), as int32.
+def _bin_index(values: np.ndarray, inner_edges: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """How many ``inner_edges`` each value reaches (``searchsorted(..., side="right")``), as ``dtype``.
 
     Up to a few dozen edges, one vectorized comparison per edge beats a binary search per value.
     """
     if inner_edges.size > COMPARE_EDGES_LIMIT:
-        return np.searchsorted(inner_edges, values, side="right").astype(np.int32)
-    index = np.zeros(values.shape, dtype=np.int32)
+        return np.searchsorted(inner_edges, values, side="right").astype(dtype)
+    index = np.zeros(values.shape, dtype=dtype)
     for edge in inner_edges:
         index += values >= edge
     return index
@@ -280,16 +289,20 @@ class TabularTokenizer:
         """:meth:`fit`, and the ids :meth:`encode` gives every row, from the same pass over each field.
 
         The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
-        looked up from the slots the fit counted instead of from the values again.
+        looked up from the slots the fit counted instead of from the values again, and stored in
+        the narrowest type holding the vocabulary (:func:`id_dtype`): uint16 up to 65,536 ids.
         """
-        n_rows = frame.height if order is None else len(order)
-        tokens = np.empty((n_rows, len(schema.fields) + len(schema.time_features)), dtype=np.int32)
+        local_ids: list[np.ndarray | None] = [None] * (len(schema.fields) + len(schema.time_features))
 
-        def keep_ids(j: int, local: np.ndarray) -> None:
-            tokens[:, j] = local if order is None else np.take(local, order)
+        def keep_ids(j: int, local: np.ndarray) -> None:  # each field's ids are as narrow as its own size
+            local_ids[j] = local if order is None else np.take(local, order)
 
         tokenizer = cls._fit_fields(frame, schema, rows, threads, keep_ids)
-        tokens += np.asarray(tokenizer.field_offsets, dtype=np.int32)  # local ids become global ids
+        n_rows = frame.height if order is None else len(order)
+        tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
+        for j, offset in enumerate(tokenizer.field_offsets):
+            np.add(local_ids[j], tokens.dtype.type(offset), out=tokens[:, j])  # local ids become global ids
+            local_ids[j] = None
         return tokenizer, tokens
 
     @classmethod
@@ -376,7 +389,7 @@ class TabularTokenizer:
         if missing:
             raise TabbertError(f"cannot encode: columns {missing} are missing from the table")
         vocab = self.fields[index]
-        return (self._local_ids(vocab, self._raw_column(frame, vocab)) + vocab.offset).astype(np.int32)
+        return self._local_ids(vocab, self._raw_column(frame, vocab)).astype(np.int32) + vocab.offset
 
     @property
     def required_columns(self) -> list[str]:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tabbert.data.preparation import entity_time_order
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
 from tabbert.data.tokenizer import (
     FIELD_MISSING,
@@ -14,8 +15,10 @@ from tabbert.data.tokenizer import (
     N_FIELD_SPECIALS,
     SPECIAL_TOKENS,
     TabularTokenizer,
+    gap_seconds,
     id_dtype,
     quantile_edges,
+    time_features_in_order,
 )
 from tabbert.errors import ArtifactError
 
@@ -240,3 +243,26 @@ def test_fit_encode_keeps_ids_in_the_narrowest_type_holding_the_vocabulary(n_sho
 
 def test_id_dtype_boundaries():
     assert [id_dtype(n) for n in (1, 256, 257, 65_536, 65_537)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.int32]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(1, 40))
+def test_time_features_in_order_give_the_ids_of_the_frame_expressions(data, n):
+    """Sub-second, negative (before 1970) and tied times: the same edges and ids either way."""
+    micros = data.draw(st.lists(st.integers(-(10**14), 10**14), min_size=n, max_size=n))
+    micros = [m if data.draw(st.booleans()) else m - m % 60_000_000 for m in micros]  # some whole minutes
+    frame = pl.DataFrame({
+        ROW: np.arange(n, dtype=np.uint64),
+        ENTITY: data.draw(st.lists(st.sampled_from(["x", "y", "z"]), min_size=n, max_size=n)),
+        TIME: pl.Series(micros, dtype=pl.Int64).cast(pl.Datetime("us")),
+        "shop": ["s"] * n,
+    })
+    rows = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    rows[0] = True
+    schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=SCHEMA.time_features)
+    order, offsets, _, times = entity_time_order(frame)
+    features = time_features_in_order(schema.time_features, times, gap_seconds(times, offsets))
+    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=order, time_features=features)
+    fitted = TabularTokenizer.fit(frame, schema, rows=rows)
+    assert tokenizer.fingerprint() == fitted.fingerprint()
+    np.testing.assert_array_equal(ids, fitted.encode(frame) if order is None else fitted.encode(frame)[order])

@@ -15,7 +15,7 @@ import polars as pl
 from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
 from tabbert.data.schema import ENTITY, ROW, TIME, Table
 from tabbert.data.sources import read_source
-from tabbert.data.tokenizer import TabularTokenizer, with_time_features
+from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_features_in_order
 from tabbert.data.windows import (
     SPLIT_METHODS,
     SPLITS,
@@ -110,11 +110,7 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
     order, entity_offsets, entities, times = entity_time_order(frame)
     lengths = np.diff(entity_offsets)
-    gap_seconds = np.empty(frame.height, dtype=np.float64)
-    np.subtract(times[1:], times[:-1], out=gap_seconds[1:])
-    gap_seconds /= 1e6
-    gap_seconds[entity_offsets[:-1]] = np.nan
-    frame = with_time_features(frame, schema.time_features, order, gap_seconds)
+    gaps = gap_seconds(times, entity_offsets)
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
     if split == "entity":
@@ -131,7 +127,10 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         train_rows[order] = train_sorted
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
-    tokenizer, tokens = TabularTokenizer.fit_encode(frame, schema, rows=train_rows, order=order)
+    tokenizer, tokens = TabularTokenizer.fit_encode(
+        frame, schema, rows=train_rows, order=order,
+        time_features=time_features_in_order(schema.time_features, times, gaps),  # already in order
+    )
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":
@@ -145,7 +144,7 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     values = np.empty((frame.height, len(value_columns) + 1), dtype=np.float32)
     for j, column in enumerate(value_columns):
         values[:, j] = _ordered(frame.get_column(column).cast(pl.Float32).to_numpy(), order)
-    values[:, -1] = gap_seconds
+    values[:, -1] = gaps
     arrays = {
         "tokens": tokens,
         "values": values,

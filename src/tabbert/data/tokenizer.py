@@ -39,7 +39,10 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
-MICROSECONDS_PER_HOUR = 3_600_000_000
+MICROSECONDS_PER_SECOND = 1_000_000
+MICROSECONDS_PER_HOUR = 3_600 * MICROSECONDS_PER_SECOND
+MICROSECONDS_PER_DAY = 24 * MICROSECONDS_PER_HOUR
+EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday is 0)
 
 
 def id_dtype(n_ids: int) -> np.dtype:
@@ -101,40 +104,45 @@ def _time_feature_expr(feature: str, order_by: tuple[str, ...] = (TIME,)) -> pl.
         return (time.dt.cast_time_unit("us").to_physical() // MICROSECONDS_PER_HOUR % 24).cast(pl.Int32)
     if feature == "weekday":
         return (time.dt.weekday() - 1).cast(pl.Int32)
-    if feature == "gap":
+    if feature == "gap":  # in microseconds: see _time_column
         previous = time.shift(1).over(ENTITY, order_by=list(order_by))
-        return (time - previous).dt.total_seconds().cast(pl.Float64)
+        return (time - previous).dt.total_microseconds()
     raise TabbertError(f"unknown time feature {feature!r}")
 
 
-def with_time_features(frame: pl.DataFrame, features, order: np.ndarray | None = None,
-                       gap_seconds: np.ndarray | None = None) -> pl.DataFrame:
-    """``frame`` with the derived ``time.<feature>`` columns added, computed once.
-
-    ``gap_seconds`` (in the row order given by ``order``, or in the frame's order when ``order``
-    is ``None``) saves the per-entity shift when the caller already has the rows in
-    entity-then-time order.
-    """
-    columns = []
-    for feature in features:
-        if feature == "gap" and gap_seconds is not None:
-            gap = gap_seconds
-            if order is not None:
-                gap = np.empty_like(gap_seconds)
-                gap[order] = gap_seconds
-            columns.append(pl.Series(f"time.{feature}", gap, nan_to_null=True))
-        else:
-            columns.append(_time_column(frame, feature))
-    return frame.with_columns(columns)
-
-
 def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
-    """A derived time feature: the precomputed ``time.<feature>`` column, or computed now."""
-    name = f"time.{feature}"
-    if name in frame.columns:
-        return frame.get_column(name)
+    """A derived time feature of the rows of ``frame``."""
     order_by = (TIME, ROW) if ROW in frame.columns else (TIME,)
-    return frame.select(_time_feature_expr(feature, order_by).alias(name)).to_series()
+    column = frame.select(_time_feature_expr(feature, order_by).alias(f"time.{feature}")).to_series()
+    if feature == "gap":  # seconds, divided as gap_seconds divides them (NaN: no previous row)
+        return pl.Series(column.name, column.to_numpy() / MICROSECONDS_PER_SECOND)
+    return column
+
+
+def gap_seconds(times: np.ndarray, entity_offsets: np.ndarray) -> np.ndarray:
+    """Seconds since the entity's previous row, for rows in entity-then-time order (NaN: none)."""
+    gaps = np.empty(times.size, dtype=np.float64)
+    np.divide(np.diff(times), MICROSECONDS_PER_SECOND, out=gaps[1:])
+    gaps[entity_offsets[:-1]] = np.nan
+    return gaps
+
+
+def time_features_in_order(features, times: np.ndarray, gaps: np.ndarray) -> dict[str, np.ndarray]:
+    """The derived time features of rows in entity-then-time order, from their epoch microseconds.
+
+    The values the frame expressions give (``gaps`` from :func:`gap_seconds`), by integer
+    arithmetic on ``times`` and with no per-entity shift; a row's hour and weekday are uint8.
+    """
+    derived = {
+        "timestamp": lambda: np.floor_divide(times, MICROSECONDS_PER_SECOND).astype(np.float64),
+        "hour": lambda: (times // MICROSECONDS_PER_HOUR % 24).astype(np.uint8),
+        "weekday": lambda: ((times // MICROSECONDS_PER_DAY + EPOCH_WEEKDAY) % 7).astype(np.uint8),
+        "gap": lambda: gaps,
+    }
+    unknown = [feature for feature in features if feature not in derived]
+    if unknown:
+        raise TabbertError(f"unknown time feature {unknown[0]!r}")
+    return {feature: derived[feature]() for feature in features}
 
 
 @dataclass
@@ -285,19 +293,19 @@ class TabularTokenizer:
 
     @classmethod
     def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
-                   order: np.ndarray | None = None, threads: int = 2) -> tuple[TabularTokenizer, np.ndarray]:
+                   order: np.ndarray | None = None, threads: int = 2,
+                   time_features: dict[str, np.ndarray] | None = None) -> tuple[TabularTokenizer, np.ndarray]:
         """:meth:`fit`, and the ids :meth:`encode` gives every row, from the same pass over each field.
 
         The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
         looked up from the slots the fit counted instead of from the values again, and stored in
         the narrowest type holding the vocabulary (:func:`id_dtype`): uint16 up to 65,536 ids.
+        ``time_features`` (from :func:`time_features_in_order`, for rows already in that order)
+        spares deriving them from the frame.
         """
         local_ids: list[np.ndarray | None] = [None] * (len(schema.fields) + len(schema.time_features))
-
-        def keep_ids(j: int, local: np.ndarray) -> None:  # each field's ids are as narrow as its own size
-            local_ids[j] = local if order is None else np.take(local, order)
-
-        tokenizer = cls._fit_fields(frame, schema, rows, threads, keep_ids)
+        # each field's ids are as narrow as its own size until they are assembled
+        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, order, time_features)
         n_rows = frame.height if order is None else len(order)
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
         for j, offset in enumerate(tokenizer.field_offsets):
@@ -307,33 +315,47 @@ class TabularTokenizer:
 
     @classmethod
     def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None, threads: int,
-                    keep_ids: Callable[[int, np.ndarray], None] | None = None) -> TabularTokenizer:
-        """Fit every field; with ``keep_ids``, also hand it each field's index and local ids."""
-        train_index = None if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
+                    keep_ids: Callable[[int, np.ndarray], None] | None = None, order: np.ndarray | None = None,
+                    time_features: dict[str, np.ndarray] | None = None) -> TabularTokenizer:
+        """Fit every field; with ``keep_ids``, also hand it each field's index and local ids.
+
+        The ids are those of rows ``order`` of the frame (``None``: all, in frame order), the
+        order ``time_features`` already come in.
+        """
+        rows = None if rows is None else np.asarray(rows, dtype=bool)
+        train_index = None if rows is None else np.flatnonzero(rows)
         if (frame.height if train_index is None else train_index.size) == 0:
             raise TabbertError("cannot fit a tokenizer on zero rows")
         # bins need the training values themselves; categories are counted on the training
         # rows by weight, with no per-field copy of those rows
-        train_weight = None if rows is None else np.asarray(rows, dtype=np.float64)
+        train_weight = None if rows is None else rows.astype(np.float64)
+        ordered_train_index = train_index if rows is None or order is None else np.flatnonzero(rows[order])
+
+        def in_order(local_ids: Callable[[], np.ndarray]) -> np.ndarray:
+            return local_ids() if order is None else np.take(local_ids(), order)
 
         def fit_field(spec: FieldSpec) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             column = frame.get_column(spec.name)
             if spec.kind == "categorical":
-                return _fit_categorical(spec, column, train_weight)
+                vocab, local_ids = _fit_categorical(spec, column, train_weight)
+                return vocab, partial(in_order, local_ids)
             values = column.cast(pl.Float64).to_numpy()
             edges = _training_edges(values, train_index, spec.n_bins)
             vocab = FieldVocab(spec.name, "numeric", spec.name, edges=edges)
-            return vocab, partial(_numeric_local_ids, vocab, values)
+            return vocab, partial(in_order, partial(_numeric_local_ids, vocab, values))
 
         def fit_time_feature(feature: str) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             name = f"time.{feature}"
-            column = _time_column(frame, feature)
+            given = time_features is not None  # then in output order already
+            column = pl.Series(name, time_features[feature]) if given else _time_column(frame, feature)
             if feature in ("hour", "weekday"):
-                return FieldVocab(name, feature, feature), partial(_clock_local_ids, column)
-            values = column.cast(pl.Float64).to_numpy()
-            edges = _training_edges(values, train_index, schema.time_bins)
-            vocab = FieldVocab(name, "numeric", feature, edges=edges)
-            return vocab, partial(_numeric_local_ids, vocab, values)
+                vocab, local_ids = FieldVocab(name, feature, feature), partial(_clock_local_ids, column)
+            else:
+                values = column.cast(pl.Float64).to_numpy()
+                edges = _training_edges(values, ordered_train_index if given else train_index, schema.time_bins)
+                vocab = FieldVocab(name, "numeric", feature, edges=edges)
+                local_ids = partial(_numeric_local_ids, vocab, values)
+            return vocab, local_ids if given else partial(in_order, local_ids)
 
         jobs = [partial(fit_field, spec) for spec in schema.fields]
         jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]

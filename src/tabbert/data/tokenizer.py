@@ -39,6 +39,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
+ASSEMBLY_ROWS = 1 << 15  # rows of the id matrix filled field by field at a time
 MICROSECONDS_PER_SECOND = 1_000_000
 MICROSECONDS_PER_HOUR = 3_600 * MICROSECONDS_PER_SECOND
 MICROSECONDS_PER_DAY = 24 * MICROSECONDS_PER_HOUR
@@ -308,9 +309,11 @@ class TabularTokenizer:
         tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, order, time_features)
         n_rows = frame.height if order is None else len(order)
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
-        for j, offset in enumerate(tokenizer.field_offsets):
-            np.add(local_ids[j], tokens.dtype.type(offset), out=tokens[:, j])  # local ids become global ids
-            local_ids[j] = None
+        offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
+        for begin in range(0, n_rows, ASSEMBLY_ROWS):  # a block of rows at a time stays in cache
+            block, rows_of_block = tokens[begin : begin + ASSEMBLY_ROWS], slice(begin, begin + ASSEMBLY_ROWS)
+            for j, offset in enumerate(offsets):
+                np.add(local_ids[j][rows_of_block], offset, out=block[:, j])  # local ids become global ids
         return tokenizer, tokens
 
     @classmethod

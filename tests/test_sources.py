@@ -468,7 +468,8 @@ def test_generic_rows_to_score_need_no_labels(tmp_path):
 
 
 def test_days_since_epoch_match_the_calendar():
-    # every day of two leap cycles around 2000, plus the first and last days the readers accept
+    # every day from December 1899 into 2012 (1900 is no leap year, 2000 is one), plus the first
+    # and last days the readers accept
     dates = [dt.date(1899, 12, 1) + dt.timedelta(days=i) for i in range(2 * 1461 + 40000)]
     dates += [dt.date(1, 1, 1), dt.date(1600, 2, 29), dt.date(9999, 12, 31)]
     frame = pl.DataFrame({"y": [d.year for d in dates], "m": [d.month for d in dates], "d": [d.day for d in dates]},

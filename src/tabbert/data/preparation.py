@@ -13,7 +13,14 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
-from tabbert.data.schema import ENTITY, ROW, TIME, Table
+from tabbert.data.schema import (
+    ENTITY,
+    MICROSECONDS_PER_MINUTE,
+    MICROSECONDS_PER_SECOND,
+    ROW,
+    TIME,
+    Table,
+)
 from tabbert.data.sources import read_source
 from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_features_in_order
 from tabbert.data.windows import (
@@ -31,7 +38,7 @@ from tabbert.errors import DataError, TabbertError
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 KEY_LIMIT = 2**62  # the entity-then-time sort key (entity rank x time span + time) stays below this
-TIME_UNITS_US = (60_000_000, 1_000_000, 1_000)  # a minute, a second, a millisecond
+TIME_UNITS_US = (MICROSECONDS_PER_MINUTE, MICROSECONDS_PER_SECOND, 1_000)  # a minute, a second, a millisecond
 
 
 def source_digest(path: str | Path) -> str:

@@ -28,6 +28,13 @@ from tabbert.errors import TabbertError
 ROW = "_row"
 ENTITY = "_entity"
 TIME = "_time"
+
+# units of ``_time``, which counts microseconds since 1970-01-01
+MICROSECONDS_PER_SECOND = 1_000_000
+MICROSECONDS_PER_MINUTE = 60 * MICROSECONDS_PER_SECOND
+MICROSECONDS_PER_HOUR = 60 * MICROSECONDS_PER_MINUTE
+MINUTES_PER_DAY = 24 * 60
+MICROSECONDS_PER_DAY = MINUTES_PER_DAY * MICROSECONDS_PER_MINUTE
 RESERVED_COLUMNS = (ROW, ENTITY, TIME)
 
 FieldKind = Literal["categorical", "numeric"]

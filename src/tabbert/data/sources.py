@@ -42,6 +42,8 @@ import polars as pl
 
 from tabbert.data.schema import (
     ENTITY,
+    MICROSECONDS_PER_MINUTE,
+    MINUTES_PER_DAY,
     ROW,
     TIME,
     FieldSpec,
@@ -85,8 +87,6 @@ NEGATIVE_VALUES = ("0", "no", "false", "n")
 DATA_FILE_PATTERNS = ("*.csv", "*.csv.gz", "*.parquet")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
-MINUTES_PER_DAY = 24 * 60
-MICROSECONDS_PER_MINUTE = 60_000_000
 _CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 _INTEGER = r"^-?[0-9]+$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")

@@ -51,6 +51,7 @@ import numpy as np
 import polars as pl
 
 from tabbert.atomic import atomic_path
+from tabbert.data.schema import MINUTES_PER_DAY
 from tabbert.errors import TabbertError
 
 COLUMNS = (
@@ -73,7 +74,6 @@ _ERROR_TEXT = tuple(
     for mask in range(1 << len(ERROR_KINDS))
 )
 _USERS_PER_BLOCK = 256
-_MINUTES_PER_DAY = 1440
 
 
 def _minutes(moment: dt.datetime) -> int:
@@ -388,7 +388,7 @@ class _Block:
         # cards: card 0 opens with the user, the others later; some of those close again
         n_cards = rng.choice(5, size=n_users, p=[0.15, 0.25, 0.25, 0.2, 0.15]) + 1
         exists = np.arange(5) < n_cards[:, None]
-        lifetime = _LAST_MINUTE - 30 * _MINUTES_PER_DAY - self.start
+        lifetime = _LAST_MINUTE - 30 * MINUTES_PER_DAY - self.start
         opened = self.start[:, None] + (rng.beta(1.0, 2.0, (n_users, 5)) * lifetime[:, None]).astype(np.int64)
         opened[:, 0] = self.start
         closes = (rng.random((n_users, 5)) < 0.15) & (np.arange(5) > 0)
@@ -451,9 +451,9 @@ class _Block:
         roster = {key: np.where(online, self.web[key][web], self.local[key][local])
                   for key in ("location", "mcc", "merchant", "hour")}
         hour = np.where(rng.random(len(user)) < self.habit[user], roster["hour"], _draw(rng, _DAY_HOURS, len(user)))
-        days = (_LAST_MINUTE - self.start[user]) // _MINUTES_PER_DAY
-        day = self.start[user] // _MINUTES_PER_DAY + 1 + (rng.random(len(user)) * days).astype(np.int64)
-        minute = day * _MINUTES_PER_DAY + hour * 60 + rng.integers(0, 60, len(user))
+        days = (_LAST_MINUTE - self.start[user]) // MINUTES_PER_DAY
+        day = self.start[user] // MINUTES_PER_DAY + 1 + (rng.random(len(user)) * days).astype(np.int64)
+        minute = day * MINUTES_PER_DAY + hour * 60 + rng.integers(0, 60, len(user))
         card = self._active_card(user, minute)
         channel = np.where(online, _ONLINE, self._in_person(user, card, minute, self.chip_share[user]))
         return {
@@ -469,8 +469,8 @@ class _Block:
         n_trips = np.where(n_rows > 0, np.maximum(1, n_rows // 5), 0)
         trip_user = np.repeat(np.arange(self.n), n_trips)
         n = len(trip_user)
-        length = rng.integers(1, 8, n) * _MINUTES_PER_DAY
-        start = rng.integers(self.start[trip_user], _LAST_MINUTE - length) // _MINUTES_PER_DAY * _MINUTES_PER_DAY
+        length = rng.integers(1, 8, n) * MINUTES_PER_DAY
+        start = rng.integers(self.start[trip_user], _LAST_MINUTE - length) // MINUTES_PER_DAY * MINUTES_PER_DAY
         destination = self._away(trip_user, abroad_share=0.15)
         card = self._active_card(trip_user, start)
         hotel = world.hotel[rng.integers(0, len(world.hotel), n)]
@@ -483,7 +483,7 @@ class _Block:
         is_hotel, is_car = np.isin(drawn, world.hotel), np.isin(drawn, world.car)
         mcc = np.select([is_hotel, is_car], [hotel[trip], car[trip]], drawn)
         slot = np.where(is_hotel | is_car, 0, rng.integers(0, 4, len(user)))
-        minute = (start[trip] + rng.integers(0, length[trip]) // _MINUTES_PER_DAY * _MINUTES_PER_DAY
+        minute = (start[trip] + rng.integers(0, length[trip]) // MINUTES_PER_DAY * MINUTES_PER_DAY
                   + _draw(rng, _DAY_HOURS, len(user)) * 60 + rng.integers(0, 60, len(user)))
         location = destination[trip]
         return {
@@ -512,9 +512,9 @@ class _Block:
         if n_episodes:
             sizes[-1] = max(3, sizes[-1] - (total[n_episodes - 1] - n_fraud))
         victim = _draw(rng, self.n_rows.astype(float), n_episodes)
-        duration = np.exp(rng.uniform(np.log(60), np.log(4 * _MINUTES_PER_DAY), n_episodes)).astype(np.int64)
-        day = rng.integers(self.start[victim], _LAST_MINUTE - duration) // _MINUTES_PER_DAY
-        start = day * _MINUTES_PER_DAY + _draw(rng, _FRAUD_HOURS, n_episodes) * 60 + rng.integers(0, 60, n_episodes)
+        duration = np.exp(rng.uniform(np.log(60), np.log(4 * MINUTES_PER_DAY), n_episodes)).astype(np.int64)
+        day = rng.integers(self.start[victim], _LAST_MINUTE - duration) // MINUTES_PER_DAY
+        start = day * MINUTES_PER_DAY + _draw(rng, _FRAUD_HOURS, n_episodes) * 60 + rng.integers(0, 60, n_episodes)
         card = self._active_card(victim, start)
         online = rng.random(n_episodes) < 0.5
         place = self._away(victim, abroad_share=0.3)
@@ -564,7 +564,7 @@ class _Block:
         rows["cents"][chosen] = np.maximum(100, np.round(rows["cents"][chosen], -2))
         reversed_rows = {key: value[chosen].copy() for key, value in rows.items()}
         in_days = world.refund_in_days[reversed_rows["mcc"]]
-        lag = np.where(in_days, rng.integers(_MINUTES_PER_DAY // 2, 4 * _MINUTES_PER_DAY, len(chosen)),
+        lag = np.where(in_days, rng.integers(MINUTES_PER_DAY // 2, 4 * MINUTES_PER_DAY, len(chosen)),
                        rng.integers(1, 26, len(chosen)) * rng.choice([-1, 1], len(chosen)))
         reversed_rows["minute"] = np.clip(reversed_rows["minute"] + lag, _FIRST_MINUTE, _LAST_MINUTE)
         reversed_rows["cents"] = -reversed_rows["cents"]

@@ -28,7 +28,16 @@ import numpy as np
 import polars as pl
 
 from tabbert.atomic import write_json_atomic
-from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
+from tabbert.data.schema import (
+    ENTITY,
+    MICROSECONDS_PER_DAY,
+    MICROSECONDS_PER_HOUR,
+    MICROSECONDS_PER_SECOND,
+    ROW,
+    TIME,
+    FieldSpec,
+    TableSchema,
+)
 from tabbert.errors import ArtifactError, TabbertError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[CLS]", "[MASK]")
@@ -40,10 +49,15 @@ FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
 ASSEMBLY_ROWS = 1 << 15  # rows of the id matrix filled field by field at a time
-MICROSECONDS_PER_SECOND = 1_000_000
-MICROSECONDS_PER_HOUR = 3_600 * MICROSECONDS_PER_SECOND
-MICROSECONDS_PER_DAY = 24 * MICROSECONDS_PER_HOUR
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday is 0)
+
+# the time features that depend on a row's own time, from its epoch microseconds (a NumPy array
+# or a Polars expression alike: floor division, so times before 1970 count down correctly)
+_EPOCH_FEATURES = {
+    "timestamp": lambda micros: micros // MICROSECONDS_PER_SECOND,
+    "hour": lambda micros: micros // MICROSECONDS_PER_HOUR % 24,
+    "weekday": lambda micros: (micros // MICROSECONDS_PER_DAY + EPOCH_WEEKDAY) % 7,
+}
 
 
 def id_dtype(n_ids: int) -> np.dtype:
@@ -99,12 +113,8 @@ class FieldVocab:
 
 def _time_feature_expr(feature: str, order_by: tuple[str, ...] = (TIME,)) -> pl.Expr:
     time = pl.col(TIME)
-    if feature == "timestamp":
-        return time.dt.epoch("s").cast(pl.Float64)
-    if feature == "hour":  # from epoch microseconds: cheaper than the calendar, same hour
-        return (time.dt.cast_time_unit("us").to_physical() // MICROSECONDS_PER_HOUR % 24).cast(pl.Int32)
-    if feature == "weekday":
-        return (time.dt.weekday() - 1).cast(pl.Int32)
+    if feature in _EPOCH_FEATURES:
+        return _EPOCH_FEATURES[feature](time.dt.epoch("us")).cast(pl.Float64 if feature == "timestamp" else pl.UInt8)
     if feature == "gap":  # in microseconds: see _time_column
         previous = time.shift(1).over(ENTITY, order_by=list(order_by))
         return (time - previous).dt.total_microseconds()
@@ -131,19 +141,19 @@ def gap_seconds(times: np.ndarray, entity_offsets: np.ndarray) -> np.ndarray:
 def time_features_in_order(features, times: np.ndarray, gaps: np.ndarray) -> dict[str, np.ndarray]:
     """The derived time features of rows in entity-then-time order, from their epoch microseconds.
 
-    The values the frame expressions give (``gaps`` from :func:`gap_seconds`), by integer
-    arithmetic on ``times`` and with no per-entity shift; a row's hour and weekday are uint8.
+    The values the frame expressions give, from the same formulas (``gaps`` from
+    :func:`gap_seconds`), with no per-entity shift.
     """
-    derived = {
-        "timestamp": lambda: np.floor_divide(times, MICROSECONDS_PER_SECOND).astype(np.float64),
-        "hour": lambda: (times // MICROSECONDS_PER_HOUR % 24).astype(np.uint8),
-        "weekday": lambda: ((times // MICROSECONDS_PER_DAY + EPOCH_WEEKDAY) % 7).astype(np.uint8),
-        "gap": lambda: gaps,
-    }
-    unknown = [feature for feature in features if feature not in derived]
-    if unknown:
-        raise TabbertError(f"unknown time feature {unknown[0]!r}")
-    return {feature: derived[feature]() for feature in features}
+    derived = {}
+    for feature in features:
+        if feature == "gap":
+            derived[feature] = gaps
+        elif feature in _EPOCH_FEATURES:
+            values = _EPOCH_FEATURES[feature](times)
+            derived[feature] = values.astype(np.float64 if feature == "timestamp" else np.uint8)
+        else:
+            raise TabbertError(f"unknown time feature {feature!r}")
+    return derived
 
 
 @dataclass

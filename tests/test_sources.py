@@ -15,8 +15,10 @@ import yaml
 from tabbert.data.schema import ENTITY, ROW, TIME, SchemaError
 from tabbert.data.sources import (
     CARD_COLUMNS,
+    CARD_USE_CHIP,
     PRSA_COLUMNS,
-    _days_since_epoch,
+    _epoch_minutes,
+    _Query,
     read_card,
     read_generic,
     read_prsa,
@@ -78,11 +80,11 @@ def test_card_real_file(card_table):
     assert frame["Zip"].null_count() == 1_647
     assert frame["Merchant State"].null_count() == 1_317
     assert frame["Errors?"].drop_nulls().len() == 574
-    assert frame["Use Chip"].value_counts().sort("Use Chip").rows() == [
-        ("Chip Transaction", 2_808),
-        ("Online Transaction", 1_315),
-        ("Swipe Transaction", 15_840),
-    ]
+    assert dict(frame["Use Chip"].value_counts().rows()) == {
+        "Chip Transaction": 2_808,
+        "Online Transaction": 1_315,
+        "Swipe Transaction": 15_840,
+    }
     assert frame[TIME].min() == dt.datetime(2002, 9, 1, 6, 21)
     assert frame[TIME].max().date() == dt.date(2020, 2, 28)
     assert not frame["Zip"].cast(pl.String).drop_nulls().str.ends_with(".0").any()
@@ -96,7 +98,7 @@ def test_card_layout_and_schema(card_table):
     assert card_table.frame.schema == pl.Schema(
         {
             ROW: pl.UInt64, ENTITY: pl.String, TIME: pl.Datetime("us"), "Card": pl.Int64,
-            "Amount": pl.Float64, "Use Chip": pl.Categorical(), "Merchant Name": pl.Int64,
+            "Amount": pl.Float64, "Use Chip": CARD_USE_CHIP, "Merchant Name": pl.Int64,
             "Merchant City": pl.Categorical(), "Merchant State": pl.Categorical(), "Errors?": pl.Categorical(),
             "Zip": pl.Int64, "MCC": pl.Int64,
             "Is Fraud?": pl.Int8,
@@ -467,12 +469,21 @@ def test_generic_rows_to_score_need_no_labels(tmp_path):
     assert table.rows_kept == 5 and table.frame["label"].null_count() == 5
 
 
-def test_days_since_epoch_match_the_calendar():
+def test_epoch_minutes_match_the_calendar():
     # every day from December 1899 into 2012 (1900 is no leap year, 2000 is one), plus the first
-    # and last days the readers accept
+    # and last days the readers accept, each at a different time of day
     dates = [dt.date(1899, 12, 1) + dt.timedelta(days=i) for i in range(2 * 1461 + 40000)]
     dates += [dt.date(1, 1, 1), dt.date(1600, 2, 29), dt.date(9999, 12, 31)]
-    frame = pl.DataFrame({"y": [d.year for d in dates], "m": [d.month for d in dates], "d": [d.day for d in dates]},
-                         schema={"y": pl.Int32, "m": pl.Int32, "d": pl.Int32})
-    days = frame.select(_days_since_epoch(pl.col("y"), pl.col("m"), pl.col("d"))).to_series().to_list()
-    assert days == [(d - dt.date(1970, 1, 1)).days for d in dates]
+    times = [dt.datetime(d.year, d.month, d.day, i % 24, i * 7 % 60) for i, d in enumerate(dates)]
+    # impossible dates and times are null
+    impossible = [(2021, 2, 29, 0, 0), (1900, 2, 29, 0, 0), (2020, 4, 31, 0, 0), (2020, 13, 1, 0, 0),
+                  (2020, 0, 1, 0, 0), (0, 1, 1, 0, 0), (10000, 1, 1, 0, 0), (2020, 1, 0, 0, 0),
+                  (2020, 1, 1, 24, 0), (2020, 1, 1, 0, 60), (2020, 1, 1, -1, 0)]
+    parts = [(t.year, t.month, t.day, t.hour, t.minute) for t in times] + impossible
+    names = ["year", "month", "day", "hour", "minute"]
+    frame = pl.DataFrame(parts, schema={name: pl.Int32 for name in names}, orient="row")
+    query = _Query()
+    minutes = _epoch_minutes(query, [(name, pl.col(name)) for name in names])
+    got = frame.with_columns(**query.parsed).select(minutes).to_series().to_list()
+    epoch = dt.datetime(1970, 1, 1)
+    assert got == [(t - epoch) // dt.timedelta(minutes=1) for t in times] + [None] * len(impossible)

@@ -30,6 +30,7 @@ file order, so ``rows_in == rows_kept + sum(dropped.values())``.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import inspect
 import os
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
 import polars as pl
 
 from tabbert.data.schema import (
@@ -65,13 +67,16 @@ CARD_COLUMNS = (
 CARD_FIELDS = (
     "Card", "Amount", "Use Chip", "Merchant Name", "Merchant City", "Merchant State", "Zip", "MCC", "Errors?",
 )  # fmt: skip
-CARD_USE_CHIP = ("Swipe Transaction", "Chip Transaction", "Online Transaction")
 CARD_LABEL = "Is Fraud?"
+# columns with a closed set of values: a value's code is its position (a time's code is its minute of the day)
+CARD_USE_CHIP = pl.Enum(["Swipe Transaction", "Chip Transaction", "Online Transaction"])
+CARD_FRAUD = pl.Enum(["No", "Yes"])
+CARD_CLOCK = pl.Enum([f"{hour:02d}:{minute:02d}" for hour in range(24) for minute in range(60)])
 CARD_CSV_TYPES = {
-    "User": pl.String, "Card": pl.Int64, "Year": pl.Int32, "Month": pl.Int32, "Day": pl.Int32, "Time": pl.String,
-    "Amount": pl.String, "Use Chip": pl.Categorical, "Merchant Name": pl.Int64, "Merchant City": pl.Categorical,
+    "User": pl.String, "Card": pl.Int64, "Year": pl.Int32, "Month": pl.Int32, "Day": pl.Int32, "Time": CARD_CLOCK,
+    "Amount": pl.String, "Use Chip": CARD_USE_CHIP, "Merchant Name": pl.Int64, "Merchant City": pl.Categorical,
     "Merchant State": pl.Categorical, "Zip": pl.Float64, "MCC": pl.Int64, "Errors?": pl.Categorical,
-    CARD_LABEL: pl.Categorical,
+    CARD_LABEL: CARD_FRAUD,
 }  # fmt: skip
 
 PRSA_COLUMNS = (
@@ -87,7 +92,6 @@ NEGATIVE_VALUES = ("0", "no", "false", "n")
 DATA_FILE_PATTERNS = ("*.csv", "*.csv.gz", "*.parquet")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
-_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 _INTEGER = r"^-?[0-9]+$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _BAD = "__bad"
@@ -139,16 +143,17 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     The entity is ``User``; ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
     fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
     Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
-    categorical fields are integers (Card, Merchant Name, Zip, MCC) or Categoricals (one code per
-    row keeps 24 M rows small). The label is ``Is Fraud?`` (Yes/No). Empty values are missing
+    categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
+    row keeps 24 M rows small) or, for Use Chip, an Enum of its three values. The label is ``Is Fraud?`` (Yes/No). Empty values are missing
     values (the file leaves Merchant State, Zip and Errors? empty); User, Card and MCC must be
     integers, Merchant Name and Zip too when present, and any bad value in a column that is
     parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new
     transactions to score) the ``Is Fraud?`` column may be absent; labels are then null.
 
     A CSV is first read with its columns' types (integers parsed by the CSV reader, text
-    columns straight into Categoricals); when a value does not parse, it is read again as text,
-    where the strict checks find and name the offending row.
+    columns straight into Categoricals, and Time, Use Chip and Is Fraud? into Enums of their
+    valid values, so that the reader itself checks them); when a value does not parse, it is
+    read again as text, where the strict checks find and name the offending row.
     """
     files = _source_files(path, DATA_FILE_PATTERNS)
     labelled = require_labels or CARD_LABEL in _columns(files[0])
@@ -161,31 +166,33 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         query.check(name, _integer(name).is_null(), what)
     merchant = pl.col("Merchant Name")
     query.check("Merchant Name", merchant.is_not_null() & _integer("Merchant Name").is_null(), "an integer merchant id")
-    midnight = _datetime_from_parts(query, [(name, _integer(name, pl.Int32)) for name in ("Year", "Month", "Day")])
-    clock = pl.col("Time")
-    query.check("Time", ~clock.str.contains(_CLOCK).fill_null(False), "a time HH:MM from 00:00 to 23:59")
-    hour, minute = (clock.str.slice(start, 2).cast(pl.Int32, strict=False) for start in (0, 3))
-    timestamp = midnight + pl.duration(hours=hour, minutes=minute)
+    minute_of_day = query.parse(pl.col("Time").cast(CARD_CLOCK, strict=False).to_physical())
+    query.check("Time", minute_of_day.is_null(), "a time HH:MM from 00:00 to 23:59")
+    date = [(name, _integer(name, pl.Int32)) for name in ("Year", "Month", "Day")]
+    timestamp = _as_datetime(_epoch_minutes(query, date) + minute_of_day)
     amount = query.parse(pl.col("Amount").str.strip_prefix("$").cast(pl.Float64, strict=False))
     query.check("Amount", ~amount.is_finite().fill_null(False), "an amount of money like $134.09")
     zip_code = query.parse(pl.col("Zip").cast(pl.Float64, strict=False))
     query.check("Zip", pl.col("Zip").is_not_null() & ~(zip_code.round() == zip_code).fill_null(False),
                 "a zip code like 91750 or 91750.0")
-    chip, fraud = pl.col("Use Chip"), pl.col(CARD_LABEL)
-    query.check("Use Chip", ~chip.is_in(CARD_USE_CHIP).fill_null(False), f"one of {list(CARD_USE_CHIP)}")
+    chip = query.parse(pl.col("Use Chip").cast(CARD_USE_CHIP, strict=False))
+    query.check("Use Chip", chip.is_null(), f"one of {CARD_USE_CHIP.categories.to_list()}")
+    label = pl.lit(None, pl.Int8)
     if labelled:
-        query.check(CARD_LABEL, ~fraud.is_in(("Yes", "No")).fill_null(False), "Yes or No")
+        fraud = query.parse(pl.col(CARD_LABEL).cast(CARD_FRAUD, strict=False))
+        query.check(CARD_LABEL, fraud.is_null(), "Yes or No")
+        label = (fraud == "Yes").cast(pl.Int8)
     query.values = {
         ENTITY: pl.col("User"),
         TIME: timestamp,
         "Card": _integer("Card"),
         "Amount": amount,
-        "Use Chip": chip.cast(pl.Categorical),
+        "Use Chip": chip,
         "Merchant Name": _integer("Merchant Name"),
         **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
         "Zip": zip_code.cast(pl.Int64),
         "MCC": _integer("MCC"),
-        CARD_LABEL: (fraud == "Yes").cast(pl.Int8) if labelled else pl.lit(None, pl.Int8),
+        CARD_LABEL: label,
     }
     scan, typed_scan = _scanner(as_text=True), None
     if not _is_parquet(files[0]):
@@ -217,7 +224,7 @@ def read_prsa(path: Sources, *, keep_missing: bool = False, require_labels: bool
         _require_exact_columns(file, PRSA_COLUMNS)
     query = _Query()
     parts = [(name, _integer(name, pl.Int32)) for name in ("year", "month", "day", "hour")]
-    timestamp = _datetime_from_parts(query, parts)
+    timestamp = _as_datetime(_epoch_minutes(query, parts))
     query.values = {ENTITY: pl.col("station"), TIME: timestamp}
     for name in (*PRSA_FIELDS, *PRSA_TARGETS):
         query.values[name] = pl.col(name) if name == "wd" else _number(query, name)
@@ -279,7 +286,7 @@ def read_generic(path: Sources, schema_path: PathLike, *, require_labels: bool =
     if len(spec.time) == 1:
         timestamp = _time_column(query, files[0], spec.time[0], dtypes[spec.time[0]], spec.time_format)
     else:
-        timestamp = _datetime_from_parts(query, [(name, _integer(name, pl.Int32)) for name in spec.time])
+        timestamp = _as_datetime(_epoch_minutes(query, [(name, _integer(name, pl.Int32)) for name in spec.time]))
     query.values = {ENTITY: pl.concat_str(entity, separator="|"), TIME: timestamp}
     for name in spec.categorical:
         query.values[name] = pl.col(name).cast(pl.String)
@@ -525,21 +532,22 @@ def _class_label(query: _Query, column: str, positive: Sequence[str]) -> pl.Expr
     return value
 
 
-def _datetime_from_parts(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
-    """A datetime from integer (year, month, day[, hour[, minute]]) parts, with range checks.
+def _epoch_minutes(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
+    """Minutes since 1970-01-01 00:00 from integer (year, month, day[, hour[, minute]]) parts.
 
-    Each part is paired with the source column it comes from, so that a check names the column
-    holding the impossible value (a 13th month, February 30th, hour 24 ...).
+    Null unless every part is in range; each part is paired with the source column it comes
+    from, so that a range check names the column holding the impossible value (a 13th month,
+    February 30th, hour 24 ...). Days come from a table of months (:func:`_calendar`).
     """
     columns = [column for column, _ in parts]
     values = [query.parse(value) for _, value in parts]
-    year, month = values[0], values[1]
-    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
-    month_days = pl.when(month == 2).then(28 + leap.cast(pl.Int32)).otherwise(30 + (month + month // 8) % 2)
+    year, month, day = values[:3]
+    month_firsts, month_lengths = _calendar()
+    month_index = pl.when(year.is_between(1, 9999) & month.is_between(1, 12)).then((year - 1) * 12 + month - 1)
     ranges = [
         (1, 9999, "a year from 1 to 9999"),
         (1, 12, "a month from 1 to 12"),
-        (1, month_days, "a day that exists in its month"),
+        (1, pl.lit(month_lengths).gather(month_index), "a day that exists in its month"),
         (0, 23, "an hour from 0 to 23"),
         (0, 59, "a minute from 0 to 59"),
     ]
@@ -547,23 +555,23 @@ def _datetime_from_parts(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) ->
     for column, value, (low, high, expected) in zip(columns, values, ranges):
         valid.append(value.is_between(low, high).fill_null(False))
         query.check(column, ~valid[-1], expected)
-    minutes = _days_since_epoch(year, month, values[2]) * MINUTES_PER_DAY
+    minutes = (pl.lit(month_firsts).gather(month_index) + day - 1) * MINUTES_PER_DAY
     for value, per_unit in zip(values[3:], (60, 1)):
         minutes = minutes + value * per_unit
-    return pl.when(pl.all_horizontal(valid)).then(minutes * MICROSECONDS_PER_MINUTE).cast(pl.Datetime("us"))
+    return pl.when(pl.all_horizontal(valid)).then(minutes)
 
 
-def _days_since_epoch(year: pl.Expr, month: pl.Expr, day: pl.Expr) -> pl.Expr:
-    """Days from 1970-01-01 to a valid proleptic Gregorian date, in integer arithmetic.
+@functools.cache
+def _calendar() -> tuple[pl.Series, pl.Series]:
+    """The first day (days since 1970-01-01) and the length in days of every month of years 1 to 9999."""
+    months = np.arange("0001-01", "10000-01", dtype="datetime64[M]")
+    firsts = np.append(months, months[-1] + 1).astype("datetime64[D]").astype(np.int64)
+    return pl.Series("first_day", firsts[:-1]), pl.Series("days", np.diff(firsts).astype(np.int8))
 
-    Years are counted from March, so that a leap day ends its year; 400 years make 146,097
-    days, and 719,468 days lie between 0000-03-01 and 1970-01-01.
-    """
-    march_year = year.cast(pl.Int64) - (month <= 2).cast(pl.Int64)
-    era = march_year // 400
-    year_of_era = march_year - era * 400
-    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
-    return era * 146_097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719_468
+
+def _as_datetime(minutes: pl.Expr) -> pl.Expr:
+    """Minutes since 1970-01-01 00:00 as a datetime (microseconds)."""
+    return (minutes * MICROSECONDS_PER_MINUTE).cast(pl.Datetime("us"))
 
 
 def _time_column(query: _Query, path: Path, column: str, dtype: pl.DataType, time_format: str | None) -> pl.Expr:

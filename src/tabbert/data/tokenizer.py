@@ -193,7 +193,7 @@ def _value_slots(column: pl.Series) -> _Slots:
             return keys_of_slots.cat.to(column.dtype) if categorical else keys_of_slots
 
         return _Slots(ids, null_slot, values_of)
-    values = column.unique().drop_nulls()
+    values = column.unique(maintain_order=True).drop_nulls()  # one thread: the fields run in parallel
     ids = column.replace_strict(values, np.arange(values.len()), return_dtype=pl.Int64).fill_null(values.len())
     return _Slots(ids.to_numpy(), values.len(), values.gather)
 

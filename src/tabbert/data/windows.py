@@ -9,6 +9,7 @@ entity with at least ``seq_len`` rows lies in some window.
 from __future__ import annotations
 
 import numpy as np
+from numpy.random import default_rng
 
 from tabbert.errors import TabbertError
 
@@ -67,7 +68,7 @@ def split_fractions(fractions: tuple[float, float, float]) -> np.ndarray:
 def assign_entities(n_entities: int, fractions, seed: int) -> np.ndarray:
     """Split id (0 train, 1 val, 2 test) per entity, from a seeded permutation."""
     cut = np.round(np.cumsum(split_fractions(fractions)) * n_entities).astype(np.int64)
-    order = np.random.default_rng(seed).permutation(n_entities)
+    order = default_rng(seed).permutation(n_entities)
     split = np.empty(n_entities, dtype=np.int8)
     split[order] = np.searchsorted(cut, np.arange(n_entities), side="right").astype(np.int8)
     return split

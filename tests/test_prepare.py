@@ -84,6 +84,13 @@ def test_failed_prepare_leaves_nothing_a_later_step_accepts(tmp_path, three_enti
         PreparedDataset(tmp_path)
 
 
+def test_an_error_after_some_parts_were_written_leaves_nothing(tmp_path, three_entity_table):
+    # ordering hands the offsets and times to the writer before the split finds no training rows
+    with pytest.raises(TabbertError, match="training split has no rows"):
+        prepare_table(three_entity_table, tmp_path / "ds", split="time", cutoffs=("1900-01-01", "1900-01-02"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_empty_table_is_a_clear_error(tmp_path):
     table = make_table({"a": 3})
     table.frame = table.frame.clear()

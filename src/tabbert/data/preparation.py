@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tabbert.data.prepared import PreparedDataset, check_output_dir, write_prepared
+from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.schema import (
     ENTITY,
     MICROSECONDS_PER_MINUTE,
@@ -103,19 +103,24 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
     """Prepare an already-read :class:`Table` (see :func:`prepare` for the options)."""
     started = time.perf_counter() if started is None else started
     _check_options(out, seq_len, stride, split, fractions)
-    arrays, tokenizer, entities, meta = _prepare_table(table, seq_len, stride, split, fractions, cutoffs, seed)
-    meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
-    if digest is not None:
-        meta["source"]["sha256"] = digest.result()
-    meta["seconds"] = {"total": round(time.perf_counter() - started, 3)}
-    return write_prepared(out, arrays, tokenizer, entities, meta)
-
-
-def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, seed):
-    frame, schema = table.frame, table.schema
-    if frame.height == 0:
+    if table.frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
+    with PreparedWriter(out) as writer:
+        meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed)
+        meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
+        if digest is not None:
+            meta["source"]["sha256"] = digest.result()
+        meta["seconds"] = {"total": round(time.perf_counter() - started, 3)}
+        return writer.commit(meta)
+
+
+def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed) -> dict:
+    """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata."""
+    frame, schema = table.frame, table.schema
     order, entity_offsets, entities, times = entity_time_order(frame)
+    writer.add_array("entity_offsets", entity_offsets)
+    writer.add_array("times", times)
+    writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
     gaps = gap_seconds(times, entity_offsets)
 
@@ -138,6 +143,8 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
         frame, schema, rows=train_rows, order=order,
         time_features=time_features_in_order(schema.time_features, times, gaps),  # already in order
     )
+    writer.add_array("tokens", tokens)
+    writer.add_tokenizer(tokenizer)
 
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
     if split == "entity":
@@ -152,28 +159,23 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     for j, column in enumerate(value_columns):
         values[:, j] = _ordered(frame.get_column(column).cast(pl.Float32).to_numpy(), order)
     values[:, -1] = gaps
-    arrays = {
-        "tokens": tokens,
-        "values": values,
-        "entity_offsets": entity_offsets,
-        "times": times,
-        # source row numbers fit in int64: the same bits, read as signed
-        "row_ids": _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64),
-    }
+    writer.add_array("values", values)
+    # source row numbers fit in int64: the same bits, read as signed
+    writer.add_array("row_ids", _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64))
     label_stats: dict = {}
     if schema.task == "classification" and schema.labels:
         labels = _ordered(frame.get_column(schema.labels[0]).to_numpy(), order).astype(np.int8, copy=False)
-        arrays["labels"] = labels
+        writer.add_array("labels", labels)
         label_stats["positive_rows"] = int(labels.sum())
         label_stats["positive_windows"] = {}
         positive_windows = window_labels(labels, starts, seq_len)
     elif schema.task == "regression":
         targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32, copy=False)
-        arrays["targets"] = targets
+        writer.add_array("targets", targets)
     windows = {}
     for index, name in enumerate(SPLITS):
         in_split = window_split == index
-        arrays[f"windows_{name}"] = starts[in_split]  # ascending, as ``starts`` are
+        writer.add_array(f"windows_{name}", starts[in_split])  # ascending, as ``starts`` are
         windows[name] = int(in_split.sum())
         if "positive_windows" in label_stats:
             label_stats["positive_windows"][name] = int(positive_windows[in_split].sum())
@@ -198,7 +200,7 @@ def _prepare_table(table: Table, seq_len, stride, split, fractions, cutoffs, see
     }
     if table.rows_in != frame.height + sum(table.dropped.values()):
         raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
-    return arrays, tokenizer, entities, meta
+    return meta
 
 
 def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray, list[str], np.ndarray]:

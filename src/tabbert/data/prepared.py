@@ -15,7 +15,8 @@ Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)
     tokenizer.json       the fitted TabularTokenizer
     meta.json            schema, counts, dropped rows and why, split, source hash (written last)
 
-The directory is written under a temporary name and renamed into place when complete.
+The directory is written under a temporary name and renamed into place when complete
+(:class:`PreparedWriter`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -36,7 +38,7 @@ from tabbert.data.windows import SPLITS, window_labels, window_targets
 from tabbert.errors import ArtifactError, TabbertError
 
 FORMAT_VERSION = 1
-WRITING_THREADS = 2  # files are written in parallel; NumPy and JSON encoding overlap
+WRITING_THREADS = 2  # parts are written in parallel; NumPy and JSON encoding overlap
 
 
 class PreparedDataset:
@@ -141,28 +143,52 @@ def check_output_dir(out: Path) -> None:
         raise TabbertError(f"{out}: output directory exists and is not empty; choose a new --out or remove it")
 
 
-def write_prepared(out: str | Path, arrays: dict[str, np.ndarray], tokenizer: TabularTokenizer,
-                   entities: list[str], meta: dict) -> PreparedDataset:
-    """Write every part into a temporary sibling directory, then rename it to ``out``."""
-    out = Path(out)
-    check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        with ThreadPoolExecutor(max_workers=WRITING_THREADS) as pool:
-            writes = [
-                pool.submit(np.save, staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-                for name, array in arrays.items()
-            ]
-            writes.append(pool.submit(tokenizer.save, staging / "tokenizer.json"))
-            writes.append(pool.submit(write_json_atomic, staging / "entities.json", entities))
-            for write in writes:
-                write.result()
-        write_json_atomic(staging / "meta.json", {"format_version": FORMAT_VERSION, **meta})
-        if out.exists():
-            out.rmdir()
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return PreparedDataset(out)
+class PreparedWriter:
+    """Writes a prepared dataset part by part, as each is ready; all of it or nothing.
+
+    Parts are written into a temporary sibling directory on background threads, so that writing
+    overlaps the work that computes the next parts. :meth:`commit` waits for them, writes
+    ``meta.json`` last and renames the directory into place; leaving the ``with`` block without
+    a commit (an error anywhere) removes the temporary directory.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        check_output_dir(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+        self._pool = ThreadPoolExecutor(max_workers=WRITING_THREADS)
+        self._writes: list[Future] = []
+        self._committed = False
+
+    def add_array(self, name: str, array: np.ndarray) -> None:
+        """Write ``<name>.npy``; ``array`` must not change afterwards."""
+        array = np.ascontiguousarray(array)
+        self._writes.append(self._pool.submit(np.save, self._staging / f"{name}.npy", array, allow_pickle=False))
+
+    def add_json(self, name: str, data: object) -> None:
+        """Write ``<name>.json``; ``data`` must not change afterwards."""
+        self._writes.append(self._pool.submit(write_json_atomic, self._staging / f"{name}.json", data))
+
+    def add_tokenizer(self, tokenizer: TabularTokenizer) -> None:
+        self._writes.append(self._pool.submit(tokenizer.save, self._staging / "tokenizer.json"))
+
+    def commit(self, meta: dict) -> PreparedDataset:
+        """Finish every part, write ``meta.json`` and move the dataset into place."""
+        self._pool.shutdown()
+        for write in self._writes:
+            write.result()  # the first failed write raises here
+        write_json_atomic(self._staging / "meta.json", {"format_version": FORMAT_VERSION, **meta})
+        if self.out.exists():
+            self.out.rmdir()
+        os.rename(self._staging, self.out)
+        self._committed = True
+        return PreparedDataset(self.out)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._committed:
+            self._pool.shutdown(cancel_futures=True)
+            shutil.rmtree(self._staging, ignore_errors=True)

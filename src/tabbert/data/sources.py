@@ -93,6 +93,7 @@ DATA_FILE_PATTERNS = ("*.csv", "*.csv.gz", "*.parquet")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 _INTEGER = r"^-?[0-9]+$"
+_YEARS = (1, 9999)  # the calendar of dates given as parts
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _BAD = "__bad"
 _FILE = "__file"
@@ -144,11 +145,12 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
     Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
     categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
-    row keeps 24 M rows small) or, for Use Chip, an Enum of its three values. The label is ``Is Fraud?`` (Yes/No). Empty values are missing
-    values (the file leaves Merchant State, Zip and Errors? empty); User, Card and MCC must be
-    integers, Merchant Name and Zip too when present, and any bad value in a column that is
-    parsed is an error, so no row is ever dropped. With ``require_labels=False`` (new
-    transactions to score) the ``Is Fraud?`` column may be absent; labels are then null.
+    row keeps 24 M rows small) or, for Use Chip, an Enum of its three values. The label is
+    ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State, Zip
+    and Errors? empty); User, Card and MCC must be integers, Merchant Name and Zip too when
+    present, and any bad value in a column that is parsed is an error, so no row is ever
+    dropped. With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column
+    may be absent; labels are then null.
 
     A CSV is first read with its columns' types (integers parsed by the CSV reader, text
     columns straight into Categoricals, and Time, Use Chip and Is Fraud? into Enums of their
@@ -543,9 +545,11 @@ def _epoch_minutes(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Ex
     values = [query.parse(value) for _, value in parts]
     year, month, day = values[:3]
     month_firsts, month_lengths = _calendar()
-    month_index = pl.when(year.is_between(1, 9999) & month.is_between(1, 12)).then((year - 1) * 12 + month - 1)
+    first_year, last_year = _YEARS
+    in_calendar = year.is_between(first_year, last_year) & month.is_between(1, 12)
+    month_index = pl.when(in_calendar).then((year - first_year) * 12 + month - 1)
     ranges = [
-        (1, 9999, "a year from 1 to 9999"),
+        (first_year, last_year, f"a year from {first_year} to {last_year}"),
         (1, 12, "a month from 1 to 12"),
         (1, pl.lit(month_lengths).gather(month_index), "a day that exists in its month"),
         (0, 23, "an hour from 0 to 23"),
@@ -563,8 +567,9 @@ def _epoch_minutes(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Ex
 
 @functools.cache
 def _calendar() -> tuple[pl.Series, pl.Series]:
-    """The first day (days since 1970-01-01) and the length in days of every month of years 1 to 9999."""
-    months = np.arange("0001-01", "10000-01", dtype="datetime64[M]")
+    """The first day (days since 1970-01-01) and the length in days of every month of the calendar."""
+    first_year, last_year = _YEARS
+    months = np.arange(f"{first_year:04d}-01", f"{last_year + 1:04d}-01", dtype="datetime64[M]")
     firsts = np.append(months, months[-1] + 1).astype("datetime64[D]").astype(np.int64)
     return pl.Series("first_day", firsts[:-1]), pl.Series("days", np.diff(firsts).astype(np.int8))
 

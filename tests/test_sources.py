@@ -132,9 +132,11 @@ def test_card_columns_in_another_order(card_table, tmp_path):
 
 
 def test_card_quoted_empty_text_is_missing(tmp_path):
-    path = _card_csv(tmp_path, (2, "Errors?", '""'), (3, "Zip", '""'))
-    frame = read_card(path).frame
-    assert frame["Errors?"].null_count() == 4 and frame["Zip"].null_count() == 1
+    empty = [(2, "Merchant City", ""), (2, "Merchant State", ""), (2, "Zip", ""), (3, "Errors?", "")]
+    plain = read_card(_card_csv(tmp_path, *empty, name="plain.csv")).frame
+    quoted = read_card(_card_csv(tmp_path, *[(row, column, '""') for row, column, _ in empty], name="quoted.csv")).frame
+    assert quoted.equals(plain)
+    assert [plain[column][row - 1] for row, column, _ in empty] == [None] * 4
 
 
 def test_card_missing_and_extra_columns(tmp_path):

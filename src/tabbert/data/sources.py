@@ -191,7 +191,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         "Amount": amount,
         "Use Chip": chip,
         "Merchant Name": _integer("Merchant Name"),
-        **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
+        **{name: _empty_as_null(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
         "Zip": zip_code.cast(pl.Int64),
         "MCC": _integer("MCC"),
         CARD_LABEL: label,
@@ -394,21 +394,23 @@ def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False,
              types: dict[str, pl.DataType] | None = None) -> Scan:
     """A function scanning files into their raw rows plus ``_row``.
 
-    CSV values are text (or of the given column ``types``, failing on a value that does not
-    parse), with empty values and ``null_values`` missing. Parquet values keep their stored
-    types (or become text with ``as_text``), with empty text missing.
+    CSV values are text, with empty values and ``null_values`` missing; or of the given column
+    ``types`` (failing on a value that does not parse), where the reader's own rule makes an
+    empty field missing and only ``null_values`` are compared (a quoted empty text, "", stays
+    as it is: see :func:`_empty_as_null`). Parquet values keep their stored types (or become
+    text with ``as_text``), with empty text missing.
     """
 
     def scan(files: Sequence[Path]) -> pl.LazyFrame:
         if not _is_parquet(files[0]):
-            nulls = ["", *null_values]
-            return pl.scan_csv(list(files), infer_schema=False, schema_overrides=types, null_values=nulls,
+            nulls = list(null_values) if types else ["", *null_values]  # comparing every field costs
+            return pl.scan_csv(list(files), infer_schema=False, schema_overrides=types, null_values=nulls or None,
                                row_index_name=ROW, glob=False)
         frame = pl.scan_parquet(list(files), row_index_name=ROW, glob=False)
         if as_text:
             frame = frame.with_columns(pl.exclude(ROW).cast(pl.String))
         text_columns = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
-        return frame.with_columns(pl.when(pl.col(name) != "").then(pl.col(name)).alias(name) for name in text_columns)
+        return frame.with_columns(_empty_as_null(name) for name in text_columns)
 
     return scan
 
@@ -493,6 +495,11 @@ def _first_line(exc: Exception) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Parsing expressions
+
+
+def _empty_as_null(column: str) -> pl.Expr:
+    """The text or categories of ``column``, with an empty text ("") as a missing value."""
+    return pl.when(pl.col(column) != "").then(pl.col(column)).alias(column)
 
 
 def _integer(column: str, dtype: pl.DataType = pl.Int64) -> pl.Expr:

@@ -191,7 +191,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         "Amount": amount,
         "Use Chip": chip,
         "Merchant Name": _integer("Merchant Name"),
-        **{name: _empty_as_null(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
+        **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
         "Zip": zip_code.cast(pl.Int64),
         "MCC": _integer("MCC"),
         CARD_LABEL: label,
@@ -392,24 +392,27 @@ def _require_exact_columns(path: Path, expected: Sequence[str]) -> None:
 
 def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False,
              types: dict[str, pl.DataType] | None = None) -> Scan:
-    """A function scanning files into their raw rows plus ``_row``.
+    """A function scanning files into their raw rows plus ``_row``; empty text is missing.
 
-    CSV values are text, with empty values and ``null_values`` missing; or of the given column
-    ``types`` (failing on a value that does not parse), where the reader's own rule makes an
-    empty field missing and only ``null_values`` are compared (a quoted empty text, "", stays
-    as it is: see :func:`_empty_as_null`). Parquet values keep their stored types (or become
-    text with ``as_text``), with empty text missing.
+    CSV values are text, with ``null_values`` missing too, or of the given column ``types``
+    (failing on a value that does not parse). Parquet values keep their stored types (or become
+    text with ``as_text``).
     """
 
     def scan(files: Sequence[Path]) -> pl.LazyFrame:
-        if not _is_parquet(files[0]):
-            nulls = list(null_values) if types else ["", *null_values]  # comparing every field costs
-            return pl.scan_csv(list(files), infer_schema=False, schema_overrides=types, null_values=nulls or None,
+        if _is_parquet(files[0]):
+            frame = pl.scan_parquet(list(files), row_index_name=ROW, glob=False)
+            if as_text:
+                frame = frame.with_columns(pl.exclude(ROW).cast(pl.String))
+        elif types is None:
+            return pl.scan_csv(list(files), infer_schema=False, null_values=["", *null_values],
                                row_index_name=ROW, glob=False)
-        frame = pl.scan_parquet(list(files), row_index_name=ROW, glob=False)
-        if as_text:
-            frame = frame.with_columns(pl.exclude(ROW).cast(pl.String))
-        text_columns = [name for name, dtype in frame.collect_schema().items() if dtype == pl.String]
+        else:
+            # The reader takes an empty field for missing by itself; listing "" as well would
+            # compare every field with it. Only a quoted "" in a text column is left to clear.
+            frame = pl.scan_csv(list(files), infer_schema=False, schema_overrides=types,
+                                null_values=list(null_values) or None, row_index_name=ROW, glob=False)
+        text_columns = [name for name, dtype in frame.collect_schema().items() if dtype in (pl.String, pl.Categorical)]
         return frame.with_columns(_empty_as_null(name) for name in text_columns)
 
     return scan

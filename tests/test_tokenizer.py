@@ -1,5 +1,6 @@
 import datetime as dt
 from fractions import Fraction
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -18,7 +19,7 @@ from tabbert.data.tokenizer import (
     gap_seconds,
     id_dtype,
     quantile_edges,
-    time_features_in_order,
+    time_feature_in_order,
 )
 from tabbert.errors import ArtifactError
 
@@ -261,8 +262,8 @@ def test_time_features_in_order_give_the_ids_of_the_frame_expressions(data, n):
     rows[0] = True
     schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=SCHEMA.time_features)
     order, offsets, _, times = entity_time_order(frame)
-    features = time_features_in_order(schema.time_features, times, gap_seconds(times, offsets))
-    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=order, time_features=features)
+    feature = partial(time_feature_in_order, times=times, gaps=gap_seconds(times, offsets))
+    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=order, time_feature=feature)
     fitted = TabularTokenizer.fit(frame, schema, rows=rows)
     assert tokenizer.fingerprint() == fitted.fingerprint()
     np.testing.assert_array_equal(ids, fitted.encode(frame) if order is None else fitted.encode(frame)[order])

@@ -7,6 +7,7 @@ import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from tabbert.data.schema import (
     Table,
 )
 from tabbert.data.sources import read_source
-from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_features_in_order
+from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_feature_in_order
 from tabbert.data.windows import (
     SPLIT_METHODS,
     SPLITS,
@@ -115,7 +116,11 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
 
 
 def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed) -> dict:
-    """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata."""
+    """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
+
+    The raw values, labels and window lists are gathered on a second thread while the tokenizer
+    is fitted and the token matrix assembled.
+    """
     frame, schema = table.frame, table.schema
     order, entity_offsets, entities, times = entity_time_order(frame)
     writer.add_array("entity_offsets", entity_offsets)
@@ -128,32 +133,65 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
         train_sorted = np.repeat(entity_split, lengths) == 0
+        split_windows = partial(_split_by_entity, entity_split)
     elif split == "time":
         bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
         split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
         train_sorted = times < bounds[0]
+        split_windows = partial(_split_by_time, times, seq_len, bounds)
     else:
         train_sorted = np.ones(frame.height, dtype=bool)
+        split_windows = partial(_split_at_random, fractions, seed)
     train_rows = train_sorted if order is None else np.empty_like(train_sorted)
     if order is not None:
         train_rows[order] = train_sorted
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
-    tokenizer, tokens = TabularTokenizer.fit_encode(
-        frame, schema, rows=train_rows, order=order,
-        time_features=time_features_in_order(schema.time_features, times, gaps),  # already in order
-    )
-    writer.add_array("tokens", tokens)
-    writer.add_tokenizer(tokenizer)
 
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rest = pool.submit(_write_rows_and_windows, table, writer, order, gaps, entity_offsets, seq_len, stride,
+                           split_windows)
+        tokenizer, tokens = TabularTokenizer.fit_encode(
+            frame, schema, rows=train_rows, order=order,
+            time_feature=partial(time_feature_in_order, times=times, gaps=gaps),  # rows already in order
+        )
+        writer.add_array("tokens", tokens)
+        writer.add_tokenizer(tokenizer)
+        value_columns, windows, label_stats = rest.result()
+
+    short = lengths < seq_len
+    meta = {
+        "task": schema.task,
+        "labels": list(schema.labels),
+        "seq_len": seq_len,
+        "stride": stride,
+        "split": split_info,
+        "rows_in": table.rows_in,
+        "rows_kept": frame.height,
+        "dropped": dict(table.dropped),
+        "entities": len(entities),
+        "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
+        "tokenizer_rows": int(train_rows.sum()),
+        "fields": tokenizer.field_names,
+        "value_columns": value_columns,
+        "windows": windows,
+        **label_stats,
+    }
+    if table.rows_in != frame.height + sum(table.dropped.values()):
+        raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
+    return meta
+
+
+def _write_rows_and_windows(table: Table, writer: PreparedWriter, order, gaps, entity_offsets, seq_len: int,
+                            stride: int, split_windows) -> tuple[list[str], dict, dict]:
+    """Write the raw values, source row ids, labels or targets (rows in order) and each split's windows.
+
+    ``split_windows`` gives the split ids of windows from their starts and entities. Returns the
+    value column names, the window count per split and the label counts.
+    """
+    frame, schema = table.frame, table.schema
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
-    if split == "entity":
-        window_split = entity_split[window_entity]
-    elif split == "time":
-        window_split = assign_by_time(times[starts + seq_len - 1], bounds)
-    else:
-        window_split = assign_random(starts.size, fractions, seed)
-
+    window_split = split_windows(starts, window_entity)
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
     values = np.empty((frame.height, len(value_columns) + 1), dtype=np.float32)
     for j, column in enumerate(value_columns):
@@ -172,35 +210,26 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     elif schema.task == "regression":
         targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32, copy=False)
         writer.add_array("targets", targets)
-    windows = {}
+    counts = {}
     for index, name in enumerate(SPLITS):
         in_split = window_split == index
         writer.add_array(f"windows_{name}", starts[in_split])  # ascending, as ``starts`` are
-        windows[name] = int(in_split.sum())
+        counts[name] = int(in_split.sum())
         if "positive_windows" in label_stats:
             label_stats["positive_windows"][name] = int(positive_windows[in_split].sum())
+    return [*value_columns, "gap_seconds"], counts, label_stats
 
-    short = lengths < seq_len
-    meta = {
-        "task": schema.task,
-        "labels": list(schema.labels),
-        "seq_len": seq_len,
-        "stride": stride,
-        "split": split_info,
-        "rows_in": table.rows_in,
-        "rows_kept": frame.height,
-        "dropped": dict(table.dropped),
-        "entities": len(entities),
-        "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
-        "tokenizer_rows": int(train_rows.sum()),
-        "fields": tokenizer.field_names,
-        "value_columns": [*value_columns, "gap_seconds"],
-        "windows": windows,
-        **label_stats,
-    }
-    if table.rows_in != frame.height + sum(table.dropped.values()):
-        raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
-    return meta
+
+def _split_by_entity(entity_split: np.ndarray, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
+    return entity_split[window_entity]
+
+
+def _split_by_time(times: np.ndarray, seq_len: int, bounds, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
+    return assign_by_time(times[starts + seq_len - 1], bounds)
+
+
+def _split_at_random(fractions, seed: int, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
+    return assign_random(starts.size, fractions, seed)
 
 
 def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray, list[str], np.ndarray]:

@@ -42,9 +42,13 @@ WRITING_THREADS = 2  # parts are written in parallel; NumPy and JSON encoding ov
 
 
 class PreparedDataset:
-    """Read access to a prepared dataset directory; arrays are memory-mapped."""
+    """Read access to a prepared dataset directory; arrays are memory-mapped.
 
-    def __init__(self, path: str | Path):
+    ``tokenizer``, when the caller holds the dataset's tokenizer already, spares reading
+    ``tokenizer.json`` again.
+    """
+
+    def __init__(self, path: str | Path, tokenizer: TabularTokenizer | None = None):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
@@ -55,7 +59,7 @@ class PreparedDataset:
             raise ArtifactError(f"{meta_path}: unreadable ({exc})") from exc
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{meta_path}: unsupported dataset format {self.meta.get('format_version')!r}")
-        self.tokenizer = TabularTokenizer.load(self.path / "tokenizer.json")
+        self.tokenizer = TabularTokenizer.load(self.path / "tokenizer.json") if tokenizer is None else tokenizer
         self.tokens = self._array("tokens", mmap=True)
         self.entity_offsets = self._array("entity_offsets")
         if self.tokens.ndim != 2 or self.tokens.shape[1] != len(self.tokenizer.fields):
@@ -159,6 +163,7 @@ class PreparedWriter:
         self._staging = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
         self._pool = ThreadPoolExecutor(max_workers=WRITING_THREADS)
         self._writes: list[Future] = []
+        self._tokenizer: TabularTokenizer | None = None
         self._committed = False
 
     def add_array(self, name: str, array: np.ndarray) -> None:
@@ -171,6 +176,7 @@ class PreparedWriter:
         self._writes.append(self._pool.submit(write_json_atomic, self._staging / f"{name}.json", data))
 
     def add_tokenizer(self, tokenizer: TabularTokenizer) -> None:
+        self._tokenizer = tokenizer
         self._writes.append(self._pool.submit(tokenizer.save, self._staging / "tokenizer.json"))
 
     def commit(self, meta: dict) -> PreparedDataset:
@@ -183,7 +189,7 @@ class PreparedWriter:
             self.out.rmdir()
         os.rename(self._staging, self.out)
         self._committed = True
-        return PreparedDataset(self.out)
+        return PreparedDataset(self.out, tokenizer=self._tokenizer)
 
     def __enter__(self) -> Self:
         return self

@@ -30,6 +30,7 @@ file order, so ``rows_in == rows_kept + sum(dropped.values())``.
 from __future__ import annotations
 
 import csv
+import datetime
 import functools
 import gzip
 import inspect
@@ -39,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
 import polars as pl
 
 from tabbert.data.schema import (
@@ -94,6 +94,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 _INTEGER = r"^-?[0-9]+$"
 _YEARS = (1, 9999)  # the calendar of dates given as parts
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # in a common year
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _BAD = "__bad"
 _FILE = "__file"
@@ -577,11 +578,19 @@ def _epoch_minutes(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Ex
 
 @functools.cache
 def _calendar() -> tuple[pl.Series, pl.Series]:
-    """The first day (days since 1970-01-01) and the length in days of every month of the calendar."""
+    """The first day (days since 1970-01-01) and the length in days of every month of the calendar.
+
+    Month by month from January of the first year: lengths by the Gregorian rules, firsts as
+    their running sum.
+    """
     first_year, last_year = _YEARS
-    months = np.arange(f"{first_year:04d}-01", f"{last_year + 1:04d}-01", dtype="datetime64[M]")
-    firsts = np.append(months, months[-1] + 1).astype("datetime64[D]").astype(np.int64)
-    return pl.Series("first_day", firsts[:-1]), pl.Series("days", np.diff(firsts).astype(np.int8))
+    months = pl.int_range((last_year - first_year + 1) * 12, dtype=pl.Int64, eager=True)
+    year, month = months // 12 + first_year, months % 12 + 1
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    days = pl.Series(_MONTH_DAYS, dtype=pl.Int8).gather(month - 1) + (leap & (month == 2)).cast(pl.Int8)
+    first_day = (datetime.date(first_year, 1, 1) - datetime.date(1970, 1, 1)).days
+    firsts = days.cast(pl.Int64).cum_sum() - days + first_day
+    return firsts.alias("first_day"), days.alias("days")
 
 
 def _as_datetime(minutes: pl.Expr) -> pl.Expr:

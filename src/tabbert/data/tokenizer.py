@@ -138,22 +138,17 @@ def gap_seconds(times: np.ndarray, entity_offsets: np.ndarray) -> np.ndarray:
     return gaps
 
 
-def time_features_in_order(features, times: np.ndarray, gaps: np.ndarray) -> dict[str, np.ndarray]:
-    """The derived time features of rows in entity-then-time order, from their epoch microseconds.
+def time_feature_in_order(feature: str, times: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """A derived time feature of rows in entity-then-time order, from their epoch microseconds.
 
     The values the frame expressions give, from the same formulas (``gaps`` from
     :func:`gap_seconds`), with no per-entity shift.
     """
-    derived = {}
-    for feature in features:
-        if feature == "gap":
-            derived[feature] = gaps
-        elif feature in _EPOCH_FEATURES:
-            values = _EPOCH_FEATURES[feature](times)
-            derived[feature] = values.astype(np.float64 if feature == "timestamp" else np.uint8)
-        else:
-            raise TabbertError(f"unknown time feature {feature!r}")
-    return derived
+    if feature == "gap":
+        return gaps
+    if feature in _EPOCH_FEATURES:
+        return _EPOCH_FEATURES[feature](times).astype(np.float64 if feature == "timestamp" else np.uint8)
+    raise TabbertError(f"unknown time feature {feature!r}")
 
 
 @dataclass
@@ -305,18 +300,19 @@ class TabularTokenizer:
     @classmethod
     def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
                    order: np.ndarray | None = None, threads: int = 2,
-                   time_features: dict[str, np.ndarray] | None = None) -> tuple[TabularTokenizer, np.ndarray]:
+                   time_feature: Callable[[str], np.ndarray] | None = None) -> tuple[TabularTokenizer, np.ndarray]:
         """:meth:`fit`, and the ids :meth:`encode` gives every row, from the same pass over each field.
 
         The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
         looked up from the slots the fit counted instead of from the values again, and stored in
         the narrowest type holding the vocabulary (:func:`id_dtype`): uint16 up to 65,536 ids.
-        ``time_features`` (from :func:`time_features_in_order`, for rows already in that order)
-        spares deriving them from the frame.
+        ``time_feature`` (a feature's name to its values for rows already in that order, such as
+        :func:`time_feature_in_order`) spares deriving the time features from the frame; each is
+        computed by the thread that fits it.
         """
         local_ids: list[np.ndarray | None] = [None] * (len(schema.fields) + len(schema.time_features))
         # each field's ids are as narrow as its own size until they are assembled
-        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, order, time_features)
+        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, order, time_feature)
         n_rows = frame.height if order is None else len(order)
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
         offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
@@ -329,11 +325,11 @@ class TabularTokenizer:
     @classmethod
     def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None, threads: int,
                     keep_ids: Callable[[int, np.ndarray], None] | None = None, order: np.ndarray | None = None,
-                    time_features: dict[str, np.ndarray] | None = None) -> TabularTokenizer:
+                    time_feature: Callable[[str], np.ndarray] | None = None) -> TabularTokenizer:
         """Fit every field; with ``keep_ids``, also hand it each field's index and local ids.
 
         The ids are those of rows ``order`` of the frame (``None``: all, in frame order), the
-        order ``time_features`` already come in.
+        order ``time_feature`` gives its values in.
         """
         rows = None if rows is None else np.asarray(rows, dtype=bool)
         train_index = None if rows is None else np.flatnonzero(rows)
@@ -359,8 +355,8 @@ class TabularTokenizer:
 
         def fit_time_feature(feature: str) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             name = f"time.{feature}"
-            given = time_features is not None  # then in output order already
-            column = pl.Series(name, time_features[feature]) if given else _time_column(frame, feature)
+            given = time_feature is not None  # then in output order already
+            column = pl.Series(name, time_feature(feature)) if given else _time_column(frame, feature)
             if feature in ("hour", "weekday"):
                 vocab, local_ids = FieldVocab(name, feature, feature), partial(_clock_local_ids, column)
             else:

@@ -128,20 +128,21 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
     gaps = gap_seconds(times, entity_offsets)
+    starts, window_entity = window_starts(entity_offsets, seq_len, stride)
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
         train_sorted = np.repeat(entity_split, lengths) == 0
-        split_windows = partial(_split_by_entity, entity_split)
+        window_split = entity_split[window_entity]
     elif split == "time":
         bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
         split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
         train_sorted = times < bounds[0]
-        split_windows = partial(_split_by_time, times, seq_len, bounds)
+        window_split = assign_by_time(times[starts + seq_len - 1], bounds)
     else:
         train_sorted = np.ones(frame.height, dtype=bool)
-        split_windows = partial(_split_at_random, fractions, seed)
+        window_split = assign_random(starts.size, fractions, seed)
     train_rows = train_sorted if order is None else np.empty_like(train_sorted)
     if order is not None:
         train_rows[order] = train_sorted
@@ -149,8 +150,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        rest = pool.submit(_write_rows_and_windows, table, writer, order, gaps, entity_offsets, seq_len, stride,
-                           split_windows)
+        rest = pool.submit(_write_rows_and_windows, table, writer, order, gaps, starts, window_split, seq_len)
         tokenizer, tokens = TabularTokenizer.fit_encode(
             frame, schema, rows=train_rows, order=order,
             time_feature=partial(time_feature_in_order, times=times, gaps=gaps),  # rows already in order
@@ -182,16 +182,14 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     return meta
 
 
-def _write_rows_and_windows(table: Table, writer: PreparedWriter, order, gaps, entity_offsets, seq_len: int,
-                            stride: int, split_windows) -> tuple[list[str], dict, dict]:
+def _write_rows_and_windows(table: Table, writer: PreparedWriter, order, gaps, starts, window_split,
+                            seq_len: int) -> tuple[list[str], dict, dict]:
     """Write the raw values, source row ids, labels or targets (rows in order) and each split's windows.
 
-    ``split_windows`` gives the split ids of windows from their starts and entities. Returns the
+    ``starts`` are the start rows of all windows, ``window_split`` their split ids. Returns the
     value column names, the window count per split and the label counts.
     """
     frame, schema = table.frame, table.schema
-    starts, window_entity = window_starts(entity_offsets, seq_len, stride)
-    window_split = split_windows(starts, window_entity)
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
     values = np.empty((frame.height, len(value_columns) + 1), dtype=np.float32)
     for j, column in enumerate(value_columns):
@@ -218,18 +216,6 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, order, gaps, e
         if "positive_windows" in label_stats:
             label_stats["positive_windows"][name] = int(positive_windows[in_split].sum())
     return [*value_columns, "gap_seconds"], counts, label_stats
-
-
-def _split_by_entity(entity_split: np.ndarray, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
-    return entity_split[window_entity]
-
-
-def _split_by_time(times: np.ndarray, seq_len: int, bounds, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
-    return assign_by_time(times[starts + seq_len - 1], bounds)
-
-
-def _split_at_random(fractions, seed: int, starts: np.ndarray, window_entity: np.ndarray) -> np.ndarray:
-    return assign_random(starts.size, fractions, seed)
 
 
 def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray, list[str], np.ndarray]:

@@ -54,7 +54,7 @@ def test_one_row_per_input_row_in_input_order(scored, fraud_card_csv):
     assert scores.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
     assert scores.height == raw.height
     assert scores["row"].to_list() == list(range(raw.height))
-    assert scores["entity"].to_list() == raw["User"].to_list()
+    assert scores["entity"].cast(pl.String).to_list() == raw["User"].to_list()
     assert scores["score"].is_between(0.0, 1.0).all()
     assert (scores["predicted"] == (scores["score"] >= 0.5).cast(pl.Int8)).all()
 

@@ -35,7 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write ``data`` as indented JSON to ``path``, atomically."""
+def write_json_atomic(path: str | os.PathLike, data: object, *, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON to ``path``, atomically; ``indent=None`` writes one line, several times faster."""
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
+        temporary.write_text(json.dumps(data, indent=indent) + "\n")

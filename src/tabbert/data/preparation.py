@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -61,6 +62,13 @@ def _file_sha256(file: Path) -> bytes:
             return hashlib.sha256(mapped).digest()
 
 
+def _lowest_priority() -> None:
+    """Let the calling thread run only when no other thread wants its core (Linux; elsewhere a no-op)."""
+    if hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def prepare(
     source: str,
     input: str | Path,
@@ -86,11 +94,11 @@ def prepare(
     if not Path(input).exists():
         raise DataError(input, "input not found")
     started = time.perf_counter()
-    table = read_source(source, input, schema=schema, **reader_options)
-    read_seconds = round(time.perf_counter() - started, 3)
-    # hashing the input overlaps the mostly single-threaded steps after the (parallel) read
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # the input is hashed beside the reading, on the time the reader leaves a core idle
+    with ThreadPoolExecutor(max_workers=1, initializer=_lowest_priority) as pool:
         digest = pool.submit(source_digest, input)
+        table = read_source(source, input, schema=schema, **reader_options)
+        read_seconds = round(time.perf_counter() - started, 3)
         source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": read_seconds}
         return prepare_table(
             table, out, seq_len=seq_len, stride=stride, split=split, fractions=fractions, cutoffs=cutoffs,

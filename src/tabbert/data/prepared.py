@@ -172,8 +172,8 @@ class PreparedWriter:
         self._writes.append(self._pool.submit(np.save, self._staging / f"{name}.npy", array, allow_pickle=False))
 
     def add_json(self, name: str, data: object) -> None:
-        """Write ``<name>.json``; ``data`` must not change afterwards."""
-        self._writes.append(self._pool.submit(write_json_atomic, self._staging / f"{name}.json", data))
+        """Write ``<name>.json`` (on one line); ``data`` must not change afterwards."""
+        self._writes.append(self._pool.submit(write_json_atomic, self._staging / f"{name}.json", data, indent=None))
 
     def add_tokenizer(self, tokenizer: TabularTokenizer) -> None:
         self._tokenizer = tokenizer

@@ -6,7 +6,7 @@ columns follow one normalized layout, plus the :class:`TableSchema` that describ
 Normalized layout
 -----------------
 ``_row``      source row number (0-based, data rows only), UInt64
-``_entity``   entity key (card holder, station ...), String
+``_entity``   entity key (card holder, station ...), String or integer
 ``_time``     row timestamp, Datetime("us")
 input fields  one column per :class:`FieldSpec`: String, Categorical or integer for categorical, Float64
               for numeric

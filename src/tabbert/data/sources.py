@@ -73,7 +73,7 @@ CARD_USE_CHIP = pl.Enum(["Swipe Transaction", "Chip Transaction", "Online Transa
 CARD_FRAUD = pl.Enum(["No", "Yes"])
 CARD_CLOCK = pl.Enum([f"{hour:02d}:{minute:02d}" for hour in range(24) for minute in range(60)])
 CARD_CSV_TYPES = {
-    "User": pl.String, "Card": pl.Int64, "Year": pl.Int32, "Month": pl.Int32, "Day": pl.Int32, "Time": CARD_CLOCK,
+    "User": pl.Int64, "Card": pl.Int64, "Year": pl.Int32, "Month": pl.Int32, "Day": pl.Int32, "Time": CARD_CLOCK,
     "Amount": pl.String, "Use Chip": CARD_USE_CHIP, "Merchant Name": pl.Int64, "Merchant City": pl.Categorical,
     "Merchant State": pl.Categorical, "Zip": pl.Float64, "MCC": pl.Int64, "Errors?": pl.Categorical,
     CARD_LABEL: CARD_FRAUD,
@@ -142,7 +142,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
               require_labels: bool = True) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
 
-    The entity is ``User``; ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
+    The entity is ``User`` (an integer id); ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
     fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
     Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
     categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
@@ -186,7 +186,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         query.check(CARD_LABEL, fraud.is_null(), "Yes or No")
         label = (fraud == "Yes").cast(pl.Int8)
     query.values = {
-        ENTITY: pl.col("User"),
+        ENTITY: _integer("User"),
         TIME: timestamp,
         "Card": _integer("Card"),
         "Amount": amount,
@@ -410,9 +410,11 @@ def _scanner(*, null_values: Sequence[str] = (), as_text: bool = False,
                                row_index_name=ROW, glob=False)
         else:
             # The reader takes an empty field for missing by itself; listing "" as well would
-            # compare every field with it. Only a quoted "" in a text column is left to clear.
+            # compare every field with it. Only a quoted "" is left to clear, in Categorical
+            # columns: text columns are parsed further, and a "" there fails as any bad value does.
             frame = pl.scan_csv(list(files), infer_schema=False, schema_overrides=types,
                                 null_values=list(null_values) or None, row_index_name=ROW, glob=False)
+            return frame.with_columns(_empty_as_null(name) for name, dtype in types.items() if dtype == pl.Categorical)
         text_columns = [name for name, dtype in frame.collect_schema().items() if dtype in (pl.String, pl.Categorical)]
         return frame.with_columns(_empty_as_null(name) for name in text_columns)
 

@@ -7,9 +7,9 @@ import hashlib
 import mmap
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -123,45 +123,51 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
         return writer.commit(meta)
 
 
+class _Ordered(NamedTuple):
+    """The rows in entity-then-time order: ``order`` (``None``: in it already), their times and gaps."""
+
+    order: np.ndarray | None
+    times: np.ndarray
+    gaps: np.ndarray
+
+
 def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed) -> dict:
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
 
-    The raw values, labels and window lists are gathered on a second thread while the tokenizer
-    is fitted and the token matrix assembled.
+    A second thread sorts the rows, then gathers and writes the raw values, labels and window
+    lists, while the tokenizer is fitted (the fields need the row order only for their ids) and
+    the token matrix assembled.
     """
     frame, schema = table.frame, table.schema
-    order, entity_offsets, entities, times = entity_time_order(frame)
+    entities, entity_offsets, entity_of_run, run_lengths = entity_runs(frame)
     writer.add_array("entity_offsets", entity_offsets)
-    writer.add_array("times", times)
     writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
-    gaps = gap_seconds(times, entity_offsets)
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
+    window_split, time_bounds = None, None
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
-        train_sorted = np.repeat(entity_split, lengths) == 0
+        train_rows = np.repeat(entity_split[entity_of_run] == 0, run_lengths)
         window_split = entity_split[window_entity]
     elif split == "time":
-        bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
-        split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
-        train_sorted = times < bounds[0]
-        window_split = assign_by_time(times[starts + seq_len - 1], bounds)
+        times = row_times(frame)
+        time_bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
+        split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in time_bounds]
+        train_rows = times < time_bounds[0]
     else:
-        train_sorted = np.ones(frame.height, dtype=bool)
+        train_rows = np.ones(frame.height, dtype=bool)
         window_split = assign_random(starts.size, fractions, seed)
-    train_rows = train_sorted if order is None else np.empty_like(train_sorted)
-    if order is not None:
-        train_rows[order] = train_sorted
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        rest = pool.submit(_write_rows_and_windows, table, writer, order, gaps, starts, window_split, seq_len)
+        ordering = pool.submit(_order_rows, frame, writer, entity_offsets, entity_of_run, run_lengths)
+        rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
         tokenizer, tokens = TabularTokenizer.fit_encode(
-            frame, schema, rows=train_rows, order=order,
-            time_feature=partial(time_feature_in_order, times=times, gaps=gaps),  # rows already in order
+            frame, schema, rows=train_rows, order=lambda: ordering.result().order,
+            time_feature=lambda feature: time_feature_in_order(feature, *ordering.result()[1:]),
         )
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
@@ -190,14 +196,25 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     return meta
 
 
-def _write_rows_and_windows(table: Table, writer: PreparedWriter, order, gaps, starts, window_split,
-                            seq_len: int) -> tuple[list[str], dict, dict]:
+def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, entity_of_run, run_lengths) -> _Ordered:
+    """Sort the rows by entity, then time; write their times."""
+    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
+    writer.add_array("times", times)
+    return _Ordered(order, times, gap_seconds(times, entity_offsets))
+
+
+def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered], starts, seq_len: int,
+                            window_split=None, time_bounds=None) -> tuple[list[str], dict, dict]:
     """Write the raw values, source row ids, labels or targets (rows in order) and each split's windows.
 
-    ``starts`` are the start rows of all windows, ``window_split`` their split ids. Returns the
-    value column names, the window count per split and the label counts.
+    ``starts`` are the start rows of all windows, ``window_split`` their split ids or, for the
+    time split (``None``), those that the time of each window's newest row takes in
+    ``time_bounds``. Returns the value column names, the window count per split and the label counts.
     """
     frame, schema = table.frame, table.schema
+    order, times, gaps = ordering.result()
+    if window_split is None:
+        window_split = assign_by_time(times[starts + seq_len - 1], time_bounds)
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
     values = np.empty((frame.height, len(value_columns) + 1), dtype=np.float32)
     for j, column in enumerate(value_columns):
@@ -231,33 +248,56 @@ def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarra
 
     Returns the order, ``entity_offsets`` (where each entity's rows begin in that order, plus
     the row count), the entities in order and the row times (epoch microseconds) in order.
-    Rows usually come in runs of one entity, so entities are ranked run by run, and the order
-    is one stable integer sort of ``rank * time span + time`` (time in minutes, seconds or
-    milliseconds when every row's time is a whole number of them and microseconds overflow).
+    """
+    entities, entity_offsets, entity_of_run, run_lengths = entity_runs(frame)
+    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
+    return order, entity_offsets, entities, times
+
+
+def entity_runs(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The entities (by their text), where each one's rows will begin, and the runs of rows of one entity.
+
+    Returns the sorted entity keys, ``entity_offsets`` (plus the row count), and for each run of
+    consecutive rows of one entity its entity's index and its length. Rows usually come in runs
+    of one entity, so entities are ranked run by run.
     """
     runs = frame.get_column(ENTITY).rle().struct.unnest()
     run_lengths = runs.get_column("len").to_numpy()
     run_keys = runs.get_column("value").cast(pl.String)
     entities = run_keys.unique().sort()
-    run_rank = run_keys.replace_strict(entities, np.arange(entities.len()), return_dtype=pl.Int64).to_numpy()
+    entity_of_run = run_keys.replace_strict(entities, np.arange(entities.len()), return_dtype=pl.Int64).to_numpy()
     entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
-    entity_offsets[1:] = np.cumsum(np.bincount(run_rank, weights=run_lengths, minlength=entities.len()))
-    times = frame.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()  # epoch microseconds
+    entity_offsets[1:] = np.cumsum(np.bincount(entity_of_run, weights=run_lengths, minlength=entities.len()))
+    return entities.to_list(), entity_offsets, entity_of_run, run_lengths
+
+
+def row_times(frame: pl.DataFrame) -> np.ndarray:
+    """The rows' times, in epoch microseconds."""
+    return frame.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()
+
+
+def row_order(entity_of_run: np.ndarray, run_lengths: np.ndarray, times: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """The stable order of rows by entity index, then time (``None`` when in it already), and their times in it.
+
+    One integer sort of ``entity * time span + time`` (time in minutes, seconds or milliseconds
+    when every row's time is a whole number of them and microseconds overflow).
+    """
+    n_entities = int(entity_of_run.max()) + 1
     first, last = int(times.min()), int(times.max())
     unit = 1
-    if entities.len() * (last - first + 1) >= KEY_LIMIT:  # count time in the coarsest unit that loses nothing
+    if n_entities * (last - first + 1) >= KEY_LIMIT:  # count time in the coarsest unit that loses nothing
         unit = next((u for u in TIME_UNITS_US if not np.any(times % u)), 1)
     span = (last - first) // unit + 1
-    if entities.len() * span < KEY_LIMIT:
-        key = np.repeat(run_rank * span - first // unit, run_lengths)  # one array as long as the table
+    if n_entities * span < KEY_LIMIT:
+        key = np.repeat(entity_of_run * span - first // unit, run_lengths)  # one array as long as the table
         key += times // unit if unit > 1 else times
         order = None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
         if order is not None:
             times = np.take(times, order, out=key)  # the sort key is spent: its memory takes the times
     else:
-        order = np.lexsort((times, np.repeat(run_rank, run_lengths)))
+        order = np.lexsort((times, np.repeat(entity_of_run, run_lengths)))
         times = times[order]
-    return order, entity_offsets, entities.to_list(), times
+    return order, times
 
 
 def _ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -299,21 +299,24 @@ class TabularTokenizer:
 
     @classmethod
     def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
-                   order: np.ndarray | None = None, threads: int = 2,
+                   order: np.ndarray | Callable[[], np.ndarray | None] | None = None, threads: int = 2,
                    time_feature: Callable[[str], np.ndarray] | None = None) -> tuple[TabularTokenizer, np.ndarray]:
         """:meth:`fit`, and the ids :meth:`encode` gives every row, from the same pass over each field.
 
         The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
         looked up from the slots the fit counted instead of from the values again, and stored in
         the narrowest type holding the vocabulary (:func:`id_dtype`): uint16 up to 65,536 ids.
+        ``order`` may be a function giving it, called only once a field's ids are to be ordered,
+        so that the fitting can begin while another thread computes the order.
         ``time_feature`` (a feature's name to its values for rows already in that order, such as
         :func:`time_feature_in_order`) spares deriving the time features from the frame; each is
         computed by the thread that fits it.
         """
+        get_order = order if callable(order) else lambda: order
         local_ids: list[np.ndarray | None] = [None] * (len(schema.fields) + len(schema.time_features))
         # each field's ids are as narrow as its own size until they are assembled
-        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, order, time_feature)
-        n_rows = frame.height if order is None else len(order)
+        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, get_order, time_feature)
+        n_rows = frame.height if get_order() is None else len(get_order())
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
         offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
         for begin in range(0, n_rows, ASSEMBLY_ROWS):  # a block of rows at a time stays in cache
@@ -324,12 +327,13 @@ class TabularTokenizer:
 
     @classmethod
     def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None, threads: int,
-                    keep_ids: Callable[[int, np.ndarray], None] | None = None, order: np.ndarray | None = None,
+                    keep_ids: Callable[[int, np.ndarray], None] | None = None,
+                    get_order: Callable[[], np.ndarray | None] = lambda: None,
                     time_feature: Callable[[str], np.ndarray] | None = None) -> TabularTokenizer:
         """Fit every field; with ``keep_ids``, also hand it each field's index and local ids.
 
-        The ids are those of rows ``order`` of the frame (``None``: all, in frame order), the
-        order ``time_feature`` gives its values in.
+        The ids are those of rows ``get_order()`` of the frame (``None``: all, in frame order),
+        the order ``time_feature`` gives its values in.
         """
         rows = None if rows is None else np.asarray(rows, dtype=bool)
         train_index = None if rows is None else np.flatnonzero(rows)
@@ -338,10 +342,15 @@ class TabularTokenizer:
         # bins need the training values themselves; categories are counted on the training
         # rows by weight, with no per-field copy of those rows
         train_weight = None if rows is None else rows.astype(np.float64)
-        ordered_train_index = train_index if rows is None or order is None else np.flatnonzero(rows[order])
+
+        @cache
+        def ordered_train_index() -> np.ndarray | None:
+            order = get_order()
+            return train_index if rows is None or order is None else np.flatnonzero(rows[order])
 
         def in_order(local_ids: Callable[[], np.ndarray]) -> np.ndarray:
-            return local_ids() if order is None else np.take(local_ids(), order)
+            ids, order = local_ids(), get_order()
+            return ids if order is None else np.take(ids, order)
 
         def fit_field(spec: FieldSpec) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
             column = frame.get_column(spec.name)
@@ -361,7 +370,7 @@ class TabularTokenizer:
                 vocab, local_ids = FieldVocab(name, feature, feature), partial(_clock_local_ids, column)
             else:
                 values = column.cast(pl.Float64).to_numpy()
-                edges = _training_edges(values, ordered_train_index if given else train_index, schema.time_bins)
+                edges = _training_edges(values, ordered_train_index() if given else train_index, schema.time_bins)
                 vocab = FieldVocab(name, "numeric", feature, edges=edges)
                 local_ids = partial(_numeric_local_ids, vocab, values)
             return vocab, local_ids if given else partial(in_order, local_ids)

@@ -54,7 +54,16 @@ def test_quantile_edges_are_the_exact_lower_quantiles(values, n_bins):
     """Edge ``i`` is the sorted value at ``floor(i (n - 1) / n_bins)``, computed without float error."""
     ordered = sorted(values)
     exact = {ordered[int(Fraction(i * (len(values) - 1), n_bins))] for i in range(n_bins + 1)}
-    assert quantile_edges(np.asarray(values, dtype=float), n_bins).tolist() == sorted(exact)
+    array = np.asarray(values, dtype=float)
+    assert quantile_edges(array, n_bins).tolist() == sorted(exact)
+    assert array.tolist() == values  # left as it was
+    assert quantile_edges(array, n_bins, overwrite_input=True).tolist() == sorted(exact)
+
+
+def test_quantile_edges_ignore_nan_and_infinities():
+    values = np.array([np.nan, 3.0, -np.inf, 1.0, 2.0, np.inf])
+    assert quantile_edges(values, 2).tolist() == [1.0, 2.0, 3.0]
+    assert np.isnan(values[0]) and values[1] == 3.0
 
 
 def test_quantile_edges_where_float_positions_round_down():

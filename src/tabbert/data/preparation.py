@@ -265,7 +265,7 @@ def entity_runs(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray,
     run_lengths = runs.get_column("len").to_numpy()
     run_keys = runs.get_column("value").cast(pl.String)
     entities = run_keys.unique().sort()
-    entity_of_run = run_keys.replace_strict(entities, np.arange(entities.len()), return_dtype=pl.Int64).to_numpy()
+    entity_of_run = run_keys.replace_strict(entities, pl.int_range(entities.len(), eager=True)).to_numpy()
     entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
     entity_offsets[1:] = np.cumsum(np.bincount(entity_of_run, weights=run_lengths, minlength=entities.len()))
     return entities.to_list(), entity_offsets, entity_of_run, run_lengths

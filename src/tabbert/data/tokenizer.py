@@ -48,7 +48,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
-ASSEMBLY_ROWS = 1 << 15  # rows of the id matrix filled field by field at a time
+BLOCK_ROWS = 1 << 15  # rows computed at a time where whole-column temporaries would cost fresh memory
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday is 0)
 
 # the time features that depend on a row's own time, from its epoch microseconds (a NumPy array
@@ -133,7 +133,9 @@ def _time_column(frame: pl.DataFrame, feature: str) -> pl.Series:
 def gap_seconds(times: np.ndarray, entity_offsets: np.ndarray) -> np.ndarray:
     """Seconds since the entity's previous row, for rows in entity-then-time order (NaN: none)."""
     gaps = np.empty(times.size, dtype=np.float64)
-    np.divide(np.diff(times), MICROSECONDS_PER_SECOND, out=gaps[1:])
+    # exact integer differences, converted as they are stored: no temporary column
+    np.subtract(times[1:], times[:-1], out=gaps[1:], dtype=np.int64, casting="unsafe")
+    np.divide(gaps[1:], MICROSECONDS_PER_SECOND, out=gaps[1:])
     gaps[entity_offsets[:-1]] = np.nan
     return gaps
 
@@ -147,7 +149,11 @@ def time_feature_in_order(feature: str, times: np.ndarray, gaps: np.ndarray) -> 
     if feature == "gap":
         return gaps
     if feature in _EPOCH_FEATURES:
-        return _EPOCH_FEATURES[feature](times).astype(np.float64 if feature == "timestamp" else np.uint8)
+        formula = _EPOCH_FEATURES[feature]
+        values = np.empty(times.size, dtype=np.float64 if feature == "timestamp" else np.uint8)
+        for begin in range(0, times.size, BLOCK_ROWS):  # the formula's temporaries stay small
+            values[begin : begin + BLOCK_ROWS] = formula(times[begin : begin + BLOCK_ROWS])
+        return values
     raise TabbertError(f"unknown time feature {feature!r}")
 
 
@@ -244,28 +250,38 @@ def _clock_local_ids(column: pl.Series) -> np.ndarray:
 def _bin_index(values: np.ndarray, inner_edges: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """How many ``inner_edges`` each value reaches (``searchsorted(..., side="right")``), as ``dtype``.
 
-    Up to a few dozen edges, one vectorized comparison per edge beats a binary search per value.
+    Up to a few dozen edges, one vectorized comparison per edge (a block of rows at a time)
+    beats a binary search per value.
     """
     if inner_edges.size > COMPARE_EDGES_LIMIT:
         return np.searchsorted(inner_edges, values, side="right").astype(dtype)
     index = np.zeros(values.shape, dtype=dtype)
-    for edge in inner_edges:
-        index += values >= edge
+    for begin in range(0, len(values), BLOCK_ROWS):
+        block, block_index = values[begin : begin + BLOCK_ROWS], index[begin : begin + BLOCK_ROWS]
+        for edge in inner_edges:
+            block_index += block >= edge
     return index
 
 
 def _training_edges(values: np.ndarray, train_index: np.ndarray | None, n_bins: int) -> list[float]:
-    return quantile_edges(values if train_index is None else np.take(values, train_index), n_bins).tolist()
+    if train_index is None:
+        return quantile_edges(values, n_bins).tolist()
+    return quantile_edges(np.take(values, train_index), n_bins, overwrite_input=True).tolist()
 
 
-def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+def quantile_edges(values: np.ndarray, n_bins: int, overwrite_input: bool = False) -> np.ndarray:
     """Distinct quantile bin edges (min and max included) of the finite ``values``.
 
     The edge at quantile ``i / n_bins`` is the sorted value at ``floor(i * (n - 1) / n_bins)``
     (NumPy's "lower" method, in exact integer arithmetic); one SIMD sort beats a selection per
-    quantile.
+    quantile. With ``overwrite_input``, ``values`` may be sorted in place (as in ``np.percentile``).
     """
-    values = np.sort(values[np.isfinite(values)])
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = values[finite]
+    elif not overwrite_input:
+        values = values.copy()
+    values.sort()
     if values.size == 0:
         return np.zeros(1)
     positions = np.arange(n_bins + 1) * (values.size - 1) // n_bins
@@ -319,8 +335,8 @@ class TabularTokenizer:
         n_rows = frame.height if get_order() is None else len(get_order())
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
         offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
-        for begin in range(0, n_rows, ASSEMBLY_ROWS):  # a block of rows at a time stays in cache
-            block, rows_of_block = tokens[begin : begin + ASSEMBLY_ROWS], slice(begin, begin + ASSEMBLY_ROWS)
+        for begin in range(0, n_rows, BLOCK_ROWS):  # a block of rows at a time stays in cache
+            block, rows_of_block = tokens[begin : begin + BLOCK_ROWS], slice(begin, begin + BLOCK_ROWS)
             for j, offset in enumerate(offsets):
                 np.add(local_ids[j][rows_of_block], offset, out=block[:, j])  # local ids become global ids
         return tokenizer, tokens

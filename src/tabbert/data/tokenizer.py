@@ -48,7 +48,8 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 FORMAT_VERSION = 1
 DENSE_LOOKUP_LIMIT = 1 << 22  # widest integer range encoded through a table indexed by value
 COMPARE_EDGES_LIMIT = 32  # most bin edges placed by comparisons rather than binary search
-BLOCK_ROWS = 1 << 15  # rows computed at a time where whole-column temporaries would cost fresh memory
+ASSEMBLY_ROWS = 1 << 15  # rows of the id matrix filled field by field at a time
+BLOCK_ROWS = 1 << 17  # rows computed at a time where whole-column temporaries would cost fresh memory
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday is 0)
 
 # the time features that depend on a row's own time, from its epoch microseconds (a NumPy array
@@ -335,8 +336,8 @@ class TabularTokenizer:
         n_rows = frame.height if get_order() is None else len(get_order())
         tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
         offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
-        for begin in range(0, n_rows, BLOCK_ROWS):  # a block of rows at a time stays in cache
-            block, rows_of_block = tokens[begin : begin + BLOCK_ROWS], slice(begin, begin + BLOCK_ROWS)
+        for begin in range(0, n_rows, ASSEMBLY_ROWS):  # a block of rows at a time stays in cache
+            block, rows_of_block = tokens[begin : begin + ASSEMBLY_ROWS], slice(begin, begin + ASSEMBLY_ROWS)
             for j, offset in enumerate(offsets):
                 np.add(local_ids[j][rows_of_block], offset, out=block[:, j])  # local ids become global ids
         return tokenizer, tokens

@@ -30,9 +30,12 @@ def window_starts(entity_offsets: np.ndarray, seq_len: int, stride: int) -> tupl
     counts = regular + ragged
     entity = np.repeat(np.arange(lengths.size), counts)
     first_of_entity = np.cumsum(counts) - counts
-    position = np.arange(entity.size) - first_of_entity[entity]
-    local_start = np.minimum(position * stride, span[entity])
-    return offsets[entity] + local_start, entity
+    starts = np.arange(entity.size)  # the window's position among its entity's, then its start
+    starts -= first_of_entity[entity]  # in place: each window-long temporary costs fresh memory
+    starts *= stride
+    np.minimum(starts, span[entity], out=starts)
+    starts += offsets[entity]
+    return starts, entity
 
 
 def window_labels(row_labels: np.ndarray, starts: np.ndarray, seq_len: int, mode: str = "any") -> np.ndarray:

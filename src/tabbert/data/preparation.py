@@ -167,7 +167,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
         tokenizer, tokens = TabularTokenizer.fit_encode(
             frame, schema, rows=train_rows, order=lambda: ordering.result().order,
-            time_feature=lambda feature: time_feature_in_order(feature, *ordering.result()[1:]),
+            time_feature=lambda feature: time_feature_in_order(feature, *ordering.result()[1:]),  # times, gaps
         )
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
@@ -276,7 +276,8 @@ def row_times(frame: pl.DataFrame) -> np.ndarray:
     return frame.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()
 
 
-def row_order(entity_of_run: np.ndarray, run_lengths: np.ndarray, times: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+def row_order(entity_of_run: np.ndarray, run_lengths: np.ndarray,
+              times: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """The stable order of rows by entity index, then time (``None`` when in it already), and their times in it.
 
     One integer sort of ``entity * time span + time`` (time in minutes, seconds or milliseconds

@@ -142,9 +142,9 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
               require_labels: bool = True) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
 
-    The entity is ``User`` (an integer id); ``_time`` comes from Year, Month, Day and Time ("HH:MM"). Input
-    fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip, Merchant Name,
-    Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
+    The entity is ``User`` (an integer id); ``_time`` comes from Year, Month, Day and Time
+    ("HH:MM"). Input fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip,
+    Merchant Name, Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
     categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
     row keeps 24 M rows small) or, for Use Chip, an Enum of its three values. The label is
     ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State, Zip

@@ -36,6 +36,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | os.PathLike, data: object, *, indent: int | None = 2) -> None:
-    """Write ``data`` as JSON to ``path``, atomically; ``indent=None`` writes one line, several times faster."""
+    """Write ``data`` as JSON to ``path``, atomically; ``indent=None`` writes one line (much faster)."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=indent) + "\n")

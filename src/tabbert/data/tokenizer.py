@@ -483,8 +483,10 @@ class TabularTokenizer:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``tokenizer.json`` atomically, on one line (vocabularies can be long); ``path`` may be a
-        directory or a file."""
+        """Write ``tokenizer.json`` atomically, on one line (vocabularies can be long).
+
+        ``path`` may be a directory or a file.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"

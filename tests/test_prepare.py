@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from conftest import make_table
 
-from tabbert.data.preparation import entity_time_order, prepare_table, source_digest
+from tabbert.data.preparation import entity_runs, prepare_table, row_order, row_times, source_digest
 from tabbert.data.schema import ENTITY, TIME
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer, id_dtype
@@ -114,18 +114,25 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     assert np.isnan(data.values[[0, 23, 33], 1]).all() and data.values[1, 1] == 3600
 
 
+def _entity_time_order(frame):
+    """The row order by entity, then time, the entity offsets, the entities and the times in that order."""
+    entities, offsets, entity_of_run, run_lengths = entity_runs(frame)
+    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
+    return order, offsets, entities, times
+
+
 def test_entity_time_order_sorts_by_entity_text_then_time_stably():
     hours = [5, 1, 3, 0, 3, 2]
     frame = pl.DataFrame({
         ENTITY: ["b", "b", "a", "10", "a", "b"],
         TIME: [dt.datetime(2021, 1, 1) + dt.timedelta(hours=h) for h in hours],
     })
-    order, offsets, entities, times = entity_time_order(frame)
+    order, offsets, entities, times = _entity_time_order(frame)
     # "10" < "a" < "b" as text; the two rows of "a" at the same time keep their source order
     assert order.tolist() == [3, 2, 4, 1, 5, 0]
     assert offsets.tolist() == [0, 1, 3, 6] and entities == ["10", "a", "b"]
     assert np.array_equal(times, frame[TIME].dt.epoch("us").to_numpy()[order])
-    in_order, same_offsets, _, _ = entity_time_order(frame[order])
+    in_order, same_offsets, _, _ = _entity_time_order(frame[order])
     assert in_order is None and same_offsets.tolist() == offsets.tolist()
 
 
@@ -139,7 +146,7 @@ def test_entity_time_order_over_millennia_matches_a_lexicographic_sort(odd_micro
     if odd_microsecond:
         times[7] += dt.timedelta(microseconds=1)
     frame = pl.DataFrame({ENTITY: rng.choice(entities, n), TIME: times})
-    order, offsets, names, sorted_times = entity_time_order(frame)
+    order, offsets, names, sorted_times = _entity_time_order(frame)
     epoch_us = frame[TIME].dt.epoch("us").to_numpy()
     assert order.tolist() == np.lexsort((epoch_us, frame[ENTITY].to_numpy())).tolist()
     assert np.array_equal(sorted_times, epoch_us[order]) and names == sorted(set(frame[ENTITY].to_list()))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tabbert.data.preparation import entity_time_order
+from tabbert.data.preparation import entity_runs, row_order, row_times
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
 from tabbert.data.tokenizer import (
     FIELD_MISSING,
@@ -271,7 +271,8 @@ def test_time_features_in_order_give_the_ids_of_the_frame_expressions(data, n):
     rows = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     rows[0] = True
     schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=SCHEMA.time_features)
-    order, offsets, _, times = entity_time_order(frame)
+    _, offsets, entity_of_run, run_lengths = entity_runs(frame)
+    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
     feature = partial(time_feature_in_order, times=times, gaps=gap_seconds(times, offsets))
     tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=lambda: order, time_feature=feature)
     fitted = TabularTokenizer.fit(frame, schema, rows=rows)

@@ -146,7 +146,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
-    window_split, time_bounds = None, None
+    times, window_split, time_bounds = None, None, None  # the time split needs the times before the sort
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
         train_rows = np.repeat(entity_split[entity_of_run] == 0, run_lengths)
@@ -163,11 +163,15 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ordering = pool.submit(_order_rows, frame, writer, entity_offsets, entity_of_run, run_lengths)
+        ordering = pool.submit(_order_rows, frame, writer, entity_offsets, entity_of_run, run_lengths, times)
         rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
+
+        def time_feature(feature: str) -> np.ndarray:
+            ordered = ordering.result()
+            return time_feature_in_order(feature, ordered.times, ordered.gaps)
+
         tokenizer, tokens = TabularTokenizer.fit_encode(
-            frame, schema, rows=train_rows, order=lambda: ordering.result().order,
-            time_feature=lambda feature: time_feature_in_order(feature, *ordering.result()[1:]),  # times, gaps
+            frame, schema, rows=train_rows, order=lambda: ordering.result().order, time_feature=time_feature
         )
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
@@ -196,9 +200,10 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     return meta
 
 
-def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, entity_of_run, run_lengths) -> _Ordered:
-    """Sort the rows by entity, then time; write their times."""
-    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
+def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, entity_of_run, run_lengths,
+                times: np.ndarray | None = None) -> _Ordered:
+    """Sort the rows by entity, then time (``times``: the rows' own, when already read); write their times."""
+    order, times = row_order(entity_of_run, run_lengths, row_times(frame) if times is None else times)
     writer.add_array("times", times)
     return _Ordered(order, times, gap_seconds(times, entity_offsets))
 
@@ -241,17 +246,6 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
         if "positive_windows" in label_stats:
             label_stats["positive_windows"][name] = int(positive_windows[in_split].sum())
     return [*value_columns, "gap_seconds"], counts, label_stats
-
-
-def entity_time_order(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray, list[str], np.ndarray]:
-    """The row order by entity (by its text), then time, stable; ``None`` when rows are in it already.
-
-    Returns the order, ``entity_offsets`` (where each entity's rows begin in that order, plus
-    the row count), the entities in order and the row times (epoch microseconds) in order.
-    """
-    entities, entity_offsets, entity_of_run, run_lengths = entity_runs(frame)
-    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
-    return order, entity_offsets, entities, times
 
 
 def entity_runs(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -158,6 +159,13 @@ def time_feature_in_order(feature: str, times: np.ndarray, gaps: np.ndarray) -> 
     raise TabbertError(f"unknown time feature {feature!r}")
 
 
+class _FieldIds(NamedTuple):
+    """A field's local ids, one per row of the frame or, ``in_output_order``, of the output."""
+
+    local_ids: np.ndarray
+    in_output_order: bool = False
+
+
 @dataclass
 class _Slots:
     """Each row's slot in a small table of a column's values.
@@ -168,7 +176,7 @@ class _Slots:
 
     ids: np.ndarray
     null_slot: int
-    values_of: Callable[[np.ndarray], pl.Series]
+    values_of: Callable[[list[int]], pl.Series]
 
 
 def _value_slots(column: pl.Series) -> _Slots:
@@ -190,13 +198,13 @@ def _value_slots(column: pl.Series) -> _Slots:
         shifted = keys.cast(wide) - offset if offset else keys
         ids = shifted.fill_null(null_slot).to_numpy().astype(np.intp, copy=False)
 
-        def values_of(slots: np.ndarray) -> pl.Series:
-            keys_of_slots = (pl.Series(column.name, slots).cast(wide) + offset).cast(keys.dtype)
+        def values_of(slots: list[int]) -> pl.Series:
+            keys_of_slots = (pl.Series(column.name, slots, dtype=wide) + offset).cast(keys.dtype)
             return keys_of_slots.cat.to(column.dtype) if categorical else keys_of_slots
 
         return _Slots(ids, null_slot, values_of)
     values = column.unique(maintain_order=True).drop_nulls()  # one thread: the fields run in parallel
-    ids = column.replace_strict(values, np.arange(values.len()), return_dtype=pl.Int64).fill_null(values.len())
+    ids = column.replace_strict(values, pl.int_range(values.len(), eager=True)).fill_null(values.len())
     return _Slots(ids.to_numpy(), values.len(), values.gather)
 
 
@@ -210,11 +218,11 @@ def _fit_categorical(spec: FieldSpec, column: pl.Series,
     """
     slots = _value_slots(column)
     counts = np.bincount(slots.ids, weights=train_weight, minlength=slots.null_slot + 1)[: slots.null_slot]
-    kept = np.flatnonzero(counts >= spec.min_count)
-    ranked = (
-        pl.DataFrame({"value": slots.values_of(kept).cast(pl.String), "n": counts[kept].astype(np.int64), "slot": kept})
-        .sort(["n", "value"], descending=[True, False])
-    )
+    kept = np.flatnonzero(counts >= spec.min_count).tolist()  # as few as the distinct values
+    ranked = pl.DataFrame(
+        {"value": slots.values_of(kept).cast(pl.String), "n": counts[kept].astype(np.int64).tolist(), "slot": kept},
+        schema_overrides={"n": pl.Int64, "slot": pl.Int64},
+    ).sort(["n", "value"], descending=[True, False])
     local_of_slot = np.full(slots.null_slot + 1, FIELD_UNK, dtype=id_dtype(N_FIELD_SPECIALS + ranked.height))
     local_of_slot[slots.null_slot] = FIELD_MISSING
     local_of_slot[ranked.get_column("slot").to_numpy()] = np.arange(ranked.height) + N_FIELD_SPECIALS
@@ -227,7 +235,7 @@ def _categorical_local_ids(vocab: FieldVocab, column: pl.Series) -> np.ndarray:
     slots = _value_slots(column)
     present = np.flatnonzero(np.bincount(slots.ids, minlength=slots.null_slot + 1)[: slots.null_slot])
     local_of_slot = np.full(slots.null_slot + 1, FIELD_MISSING, dtype=id_dtype(vocab.size))
-    local_of_slot[present] = slots.values_of(present).cast(pl.String).replace_strict(
+    local_of_slot[present] = slots.values_of(present.tolist()).cast(pl.String).replace_strict(
         vocab.values, list(range(N_FIELD_SPECIALS, vocab.size)), default=FIELD_UNK, return_dtype=pl.Int32
     ).to_numpy()
     return np.take(local_of_slot, slots.ids)
@@ -286,7 +294,8 @@ def quantile_edges(values: np.ndarray, n_bins: int, overwrite_input: bool = Fals
     if values.size == 0:
         return np.zeros(1)
     positions = np.arange(n_bins + 1) * (values.size - 1) // n_bins
-    return np.unique(values[positions])
+    edges = values[positions]  # sorted: an edge is new when it differs from the one before
+    return edges[np.concatenate(([True], edges[1:] != edges[:-1]))]
 
 
 class TabularTokenizer:
@@ -312,7 +321,8 @@ class TabularTokenizer:
         field's values are put in the slots of a small table once and counted there. Fields
         are fitted on ``threads`` threads: Polars and NumPy release the GIL.
         """
-        return cls._fit_fields(frame, schema, rows, threads)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return cls._fit_fields(frame, schema, rows, pool, encode=False)[0]
 
     @classmethod
     def fit_encode(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None = None,
@@ -323,34 +333,43 @@ class TabularTokenizer:
         The ids come back as rows ``order`` of ``frame`` (all rows in frame order when ``None``),
         looked up from the slots the fit counted instead of from the values again, and stored in
         the narrowest type holding the vocabulary (:func:`id_dtype`): uint16 up to 65,536 ids.
-        ``order`` may be a function giving it, called only once a field's ids are to be ordered,
-        so that the fitting can begin while another thread computes the order.
+        ``order`` may be a function giving it, called only where the order is needed (the
+        assembly, and the training rows of given time features), so that the fitting can begin
+        while another thread computes the order.
         ``time_feature`` (a feature's name to its values for rows already in that order, such as
         :func:`time_feature_in_order`) spares deriving the time features from the frame; each is
         computed by the thread that fits it.
         """
         get_order = order if callable(order) else lambda: order
-        local_ids: list[np.ndarray | None] = [None] * (len(schema.fields) + len(schema.time_features))
-        # each field's ids are as narrow as its own size until they are assembled
-        tokenizer = cls._fit_fields(frame, schema, rows, threads, local_ids.__setitem__, get_order, time_feature)
-        n_rows = frame.height if get_order() is None else len(get_order())
-        tokens = np.empty((n_rows, len(local_ids)), dtype=id_dtype(tokenizer.vocab_size))
-        offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
-        for begin in range(0, n_rows, ASSEMBLY_ROWS):  # a block of rows at a time stays in cache
-            block, rows_of_block = tokens[begin : begin + ASSEMBLY_ROWS], slice(begin, begin + ASSEMBLY_ROWS)
-            for j, offset in enumerate(offsets):
-                np.add(local_ids[j][rows_of_block], offset, out=block[:, j])  # local ids become global ids
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            tokenizer, field_ids = cls._fit_fields(frame, schema, rows, pool, get_order, time_feature)
+            order = get_order()
+            n_rows = frame.height if order is None else len(order)
+            tokens = np.empty((n_rows, len(field_ids)), dtype=id_dtype(tokenizer.vocab_size))
+            offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
+
+            def assemble(begin: int) -> None:
+                """Put one block of rows in order, field by field: the block stays in cache."""
+                out_rows = slice(begin, begin + ASSEMBLY_ROWS)
+                frame_rows = None if order is None else order[out_rows]
+                block = tokens[out_rows]
+                for j, (local_ids, in_output_order) in enumerate(field_ids):
+                    in_order = in_output_order or frame_rows is None
+                    ids = local_ids[out_rows] if in_order else np.take(local_ids, frame_rows)
+                    np.add(ids, offsets[j], out=block[:, j])  # local ids become global ids
+
+            list(pool.map(assemble, range(0, n_rows, ASSEMBLY_ROWS)))
         return tokenizer, tokens
 
     @classmethod
-    def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None, threads: int,
-                    keep_ids: Callable[[int, np.ndarray], None] | None = None,
-                    get_order: Callable[[], np.ndarray | None] = lambda: None,
-                    time_feature: Callable[[str], np.ndarray] | None = None) -> TabularTokenizer:
-        """Fit every field; with ``keep_ids``, also hand it each field's index and local ids.
+    def _fit_fields(cls, frame: pl.DataFrame, schema: TableSchema, rows: np.ndarray | None,
+                    pool: ThreadPoolExecutor, get_order: Callable[[], np.ndarray | None] = lambda: None,
+                    time_feature: Callable[[str], np.ndarray] | None = None,
+                    encode: bool = True) -> tuple[TabularTokenizer, list[_FieldIds | None]]:
+        """Fit every field on the threads of ``pool``; return the tokenizer and (``encode``) each field's local ids.
 
-        The ids are those of rows ``get_order()`` of the frame (``None``: all, in frame order),
-        the order ``time_feature`` gives its values in.
+        ``time_feature`` gives its values for rows ``get_order()`` of the frame (``None``: all,
+        in frame order).
         """
         rows = None if rows is None else np.asarray(rows, dtype=bool)
         train_index = None if rows is None else np.flatnonzero(rows)
@@ -365,44 +384,40 @@ class TabularTokenizer:
             order = get_order()
             return train_index if rows is None or order is None else np.flatnonzero(rows[order])
 
-        def in_order(local_ids: Callable[[], np.ndarray]) -> np.ndarray:
-            ids, order = local_ids(), get_order()
-            return ids if order is None else np.take(ids, order)
-
-        def fit_field(spec: FieldSpec) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
+        def fit_field(spec: FieldSpec) -> tuple[FieldVocab, Callable[[], _FieldIds]]:
             column = frame.get_column(spec.name)
             if spec.kind == "categorical":
                 vocab, local_ids = _fit_categorical(spec, column, train_weight)
-                return vocab, partial(in_order, local_ids)
+                return vocab, lambda: _FieldIds(local_ids())
             values = column.cast(pl.Float64).to_numpy()
-            edges = _training_edges(values, train_index, spec.n_bins)
-            vocab = FieldVocab(spec.name, "numeric", spec.name, edges=edges)
-            return vocab, partial(in_order, partial(_numeric_local_ids, vocab, values))
+            vocab = FieldVocab(spec.name, "numeric", spec.name, edges=_training_edges(values, train_index, spec.n_bins))
+            return vocab, lambda: _FieldIds(_numeric_local_ids(vocab, values))
 
-        def fit_time_feature(feature: str) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
+        def fit_time_feature(feature: str) -> tuple[FieldVocab, Callable[[], _FieldIds]]:
             name = f"time.{feature}"
             given = time_feature is not None  # then in output order already
-            column = pl.Series(name, time_feature(feature)) if given else _time_column(frame, feature)
             if feature in ("hour", "weekday"):
-                vocab, local_ids = FieldVocab(name, feature, feature), partial(_clock_local_ids, column)
+                vocab = FieldVocab(name, feature, feature)
+                if given:  # never missing: every row has a time
+                    clock = time_feature(feature)
+                    return vocab, lambda: _FieldIds(clock + np.uint8(N_FIELD_SPECIALS), in_output_order=True)
+                column = _time_column(frame, feature)
+                return vocab, lambda: _FieldIds(_clock_local_ids(column))
+            if given:
+                values, train = time_feature(feature).astype(np.float64, copy=False), ordered_train_index()
             else:
-                values = column.cast(pl.Float64).to_numpy()
-                edges = _training_edges(values, ordered_train_index() if given else train_index, schema.time_bins)
-                vocab = FieldVocab(name, "numeric", feature, edges=edges)
-                local_ids = partial(_numeric_local_ids, vocab, values)
-            return vocab, local_ids if given else partial(in_order, local_ids)
+                values, train = _time_column(frame, feature).cast(pl.Float64).to_numpy(), train_index
+            vocab = FieldVocab(name, "numeric", feature, edges=_training_edges(values, train, schema.time_bins))
+            return vocab, lambda: _FieldIds(_numeric_local_ids(vocab, values), given)
+
+        def run(job: Callable) -> tuple[FieldVocab, _FieldIds | None]:
+            vocab, field_ids = job()
+            return vocab, field_ids() if encode else None
 
         jobs = [partial(fit_field, spec) for spec in schema.fields]
         jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]
-
-        def run(j: int) -> FieldVocab:
-            vocab, local_ids = jobs[j]()
-            if keep_ids is not None:
-                keep_ids(j, local_ids())
-            return vocab
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return cls(schema, list(pool.map(run, range(len(jobs)))))
+        vocabs, field_ids = zip(*pool.map(run, jobs))
+        return cls(schema, list(vocabs)), list(field_ids)
 
     # ------------------------------------------------------------------ encoding
     @property

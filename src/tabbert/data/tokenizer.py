@@ -190,10 +190,9 @@ def _value_slots(column: pl.Series) -> _Slots:
         return _Slots(np.zeros(column.len(), dtype=np.intp), 0, lambda slots: column.clear())
     categorical = isinstance(column.dtype, (pl.Categorical, pl.Enum))
     keys = column.to_physical() if categorical else column
-    low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
-    offset = 0 if 0 <= low and high < DENSE_LOOKUP_LIMIT else low  # small non-negative keys are their own slots
-    if high - offset < DENSE_LOOKUP_LIMIT:
-        null_slot = high - offset + 1
+    own_slots = _own_slots(keys)
+    if own_slots is not None:
+        offset, null_slot = own_slots
         wide = pl.UInt64 if keys.dtype.is_unsigned_integer() else pl.Int64  # holds every key and slot
         shifted = keys.cast(wide) - offset if offset else keys
         ids = shifted.fill_null(null_slot).to_numpy().astype(np.intp, copy=False)
@@ -206,6 +205,19 @@ def _value_slots(column: pl.Series) -> _Slots:
     values = column.unique(maintain_order=True).drop_nulls()  # one thread: the fields run in parallel
     ids = column.replace_strict(values, pl.int_range(values.len(), eager=True)).fill_null(values.len())
     return _Slots(ids.to_numpy(), values.len(), values.gather)
+
+
+def _own_slots(keys: pl.Series) -> tuple[int, int] | None:
+    """``(offset, null_slot)`` when the (not all null) ``keys`` less ``offset`` can be their own slots.
+
+    They can when they are integers spanning less than ``DENSE_LOOKUP_LIMIT``; ``offset`` is 0
+    when they are small and non-negative, else the smallest.
+    """
+    if not keys.dtype.is_integer():
+        return None
+    low, high = int(keys.min()), int(keys.max())
+    offset = 0 if 0 <= low and high < DENSE_LOOKUP_LIMIT else low
+    return (offset, high - offset + 1) if high - offset < DENSE_LOOKUP_LIMIT else None
 
 
 def _fit_categorical(spec: FieldSpec, column: pl.Series,
@@ -416,7 +428,13 @@ class TabularTokenizer:
 
         jobs = [partial(fit_field, spec) for spec in schema.fields]
         jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]
-        vocabs, field_ids = zip(*pool.map(run, jobs))
+        # categorical codes are their own slots; other values may need a hash map, which takes
+        # longest: those fields start first, while the rest share the other threads
+        slow = [j for j, spec in enumerate(schema.fields) if spec.kind == "categorical"
+                and not isinstance(frame.schema[spec.name], (pl.Categorical, pl.Enum))]
+        start_order = slow + [j for j in range(len(jobs)) if j not in slow]
+        fitted = dict(zip(start_order, pool.map(run, [jobs[j] for j in start_order])))
+        vocabs, field_ids = zip(*(fitted[j] for j in range(len(jobs))))
         return cls(schema, list(vocabs)), list(field_ids)
 
     # ------------------------------------------------------------------ encoding

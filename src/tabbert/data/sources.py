@@ -582,14 +582,16 @@ def _epoch_minutes(query: _Query, parts: Sequence[tuple[str, pl.Expr]]) -> pl.Ex
 def _calendar() -> tuple[pl.Series, pl.Series]:
     """The first day (days since 1970-01-01) and the length in days of every month of the calendar.
 
-    Month by month from January of the first year: lengths by the Gregorian rules, firsts as
-    their running sum.
+    Month by month from January of the first year: lengths by the Gregorian rules, which repeat
+    every 400 years (one cycle is computed, then repeated), firsts as their running sum.
     """
     first_year, last_year = _YEARS
-    months = pl.int_range((last_year - first_year + 1) * 12, dtype=pl.Int64, eager=True)
-    year, month = months // 12 + first_year, months % 12 + 1
+    n_months = (last_year - first_year + 1) * 12
+    cycle = pl.int_range(400 * 12, dtype=pl.Int64, eager=True)
+    year, month = cycle // 12 + first_year, cycle % 12 + 1
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     days = pl.Series(_MONTH_DAYS, dtype=pl.Int8).gather(month - 1) + (leap & (month == 2)).cast(pl.Int8)
+    days = pl.concat([days] * -(-n_months // cycle.len()))[:n_months]
     first_day = (datetime.date(first_year, 1, 1) - datetime.date(1970, 1, 1)).days
     firsts = days.cast(pl.Int64).cum_sum() - days + first_day
     return firsts.alias("first_day"), days.alias("days")

@@ -190,9 +190,10 @@ def _value_slots(column: pl.Series) -> _Slots:
         return _Slots(np.zeros(column.len(), dtype=np.intp), 0, lambda slots: column.clear())
     categorical = isinstance(column.dtype, (pl.Categorical, pl.Enum))
     keys = column.to_physical() if categorical else column
-    own_slots = _own_slots(keys)
-    if own_slots is not None:
-        offset, null_slot = own_slots
+    low, high = (int(keys.min()), int(keys.max())) if keys.dtype.is_integer() else (0, DENSE_LOOKUP_LIMIT)
+    offset = 0 if 0 <= low and high < DENSE_LOOKUP_LIMIT else low  # small non-negative keys are their own slots
+    if high - offset < DENSE_LOOKUP_LIMIT:
+        null_slot = high - offset + 1
         wide = pl.UInt64 if keys.dtype.is_unsigned_integer() else pl.Int64  # holds every key and slot
         shifted = keys.cast(wide) - offset if offset else keys
         ids = shifted.fill_null(null_slot).to_numpy().astype(np.intp, copy=False)
@@ -207,19 +208,6 @@ def _value_slots(column: pl.Series) -> _Slots:
     return _Slots(ids.to_numpy(), values.len(), values.gather)
 
 
-def _own_slots(keys: pl.Series) -> tuple[int, int] | None:
-    """``(offset, null_slot)`` when the (not all null) ``keys`` less ``offset`` can be their own slots.
-
-    They can when they are integers spanning less than ``DENSE_LOOKUP_LIMIT``; ``offset`` is 0
-    when they are small and non-negative, else the smallest.
-    """
-    if not keys.dtype.is_integer():
-        return None
-    low, high = int(keys.min()), int(keys.max())
-    offset = 0 if 0 <= low and high < DENSE_LOOKUP_LIMIT else low
-    return (offset, high - offset + 1) if high - offset < DENSE_LOOKUP_LIMIT else None
-
-
 def _fit_categorical(spec: FieldSpec, column: pl.Series,
                      train_weight: np.ndarray | None) -> tuple[FieldVocab, Callable[[], np.ndarray]]:
     """A field's vocabulary and a function giving the local ids of all rows.
@@ -230,7 +218,8 @@ def _fit_categorical(spec: FieldSpec, column: pl.Series,
     """
     slots = _value_slots(column)
     counts = np.bincount(slots.ids, weights=train_weight, minlength=slots.null_slot + 1)[: slots.null_slot]
-    kept = np.flatnonzero(counts >= spec.min_count).tolist()  # as few as the distinct values
+    # lists rather than arrays: Polars imports numpy.ma (tens of ms) to take in an array
+    kept = np.flatnonzero(counts >= spec.min_count).tolist()
     ranked = (
         pl.DataFrame(
             {"value": slots.values_of(kept).cast(pl.String), "n": counts[kept].astype(np.int64).tolist(), "slot": kept},
@@ -310,7 +299,8 @@ def quantile_edges(values: np.ndarray, n_bins: int, overwrite_input: bool = Fals
     if values.size == 0:
         return np.zeros(1)
     positions = np.arange(n_bins + 1) * (values.size - 1) // n_bins
-    edges = values[positions]  # sorted: an edge is new when it differs from the one before
+    edges = values[positions]
+    # sorted, so an edge is new where it differs from the one before (np.unique imports numpy.ma)
     return edges[np.concatenate(([True], edges[1:] != edges[:-1]))]
 
 
@@ -354,7 +344,8 @@ class TabularTokenizer:
         while another thread computes the order.
         ``time_feature`` (a feature's name to its values for rows already in that order, such as
         :func:`time_feature_in_order`) spares deriving the time features from the frame; each is
-        computed by the thread that fits it.
+        computed by the thread that fits it. The fields are fitted on ``threads`` threads, then the
+        same threads put blocks of rows in order.
         """
         get_order = order if callable(order) else lambda: order
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -382,7 +373,7 @@ class TabularTokenizer:
                     pool: ThreadPoolExecutor, get_order: Callable[[], np.ndarray | None] = lambda: None,
                     time_feature: Callable[[str], np.ndarray] | None = None,
                     encode: bool = True) -> tuple[TabularTokenizer, list[_FieldIds | None]]:
-        """Fit every field on the threads of ``pool``; return the tokenizer and (``encode``) each field's local ids.
+        """Fit every field on ``pool``; return the tokenizer and, with ``encode``, each field's local ids.
 
         ``time_feature`` gives its values for rows ``get_order()`` of the frame (``None``: all,
         in frame order).

@@ -135,8 +135,8 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
 
     A second thread sorts the rows, then gathers and writes the raw values, labels and window
-    lists, while the tokenizer is fitted (the fields need the row order only for their ids) and
-    the token matrix assembled.
+    lists, while the tokenizer is fitted (the fields need the row order only once their ids go
+    into the matrix) and the token matrix assembled.
     """
     frame, schema = table.frame, table.schema
     entities, entity_offsets, entity_of_run, run_lengths = entity_runs(frame)

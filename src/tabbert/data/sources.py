@@ -144,14 +144,14 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
 
     The entity is ``User`` (an integer id); ``_time`` comes from Year, Month, Day and Time
     ("HH:MM"). Input fields: Card, Amount (numeric, from "$134.09" or "$-77.00"), Use Chip,
-    Merchant Name, Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?. The
-    categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
+    Merchant Name, Merchant City, Merchant State, Zip ("91750.0" becomes 91750), MCC and Errors?.
+    The categorical fields are integers (Card, Merchant Name, Zip, MCC), Categoricals (one code per
     row keeps 24 M rows small) or, for Use Chip, an Enum of its three values. The label is
     ``Is Fraud?`` (Yes/No). Empty values are missing values (the file leaves Merchant State, Zip
     and Errors? empty); User, Card and MCC must be integers, Merchant Name and Zip too when
-    present, and any bad value in a column that is parsed is an error, so no row is ever
-    dropped. With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column
-    may be absent; labels are then null.
+    present, and any bad value in a column that is parsed is an error, so no row is ever dropped.
+    With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column may be
+    absent; labels are then null.
 
     A CSV is first read with its columns' types (integers parsed by the CSV reader, text
     columns straight into Categoricals, and Time, Use Chip and Is Fraud? into Enums of their

@@ -225,8 +225,7 @@ def _fit_categorical(spec: FieldSpec, column: pl.Series,
             {"value": slots.values_of(kept).cast(pl.String), "n": counts[kept].astype(np.int64).tolist(), "slot": kept},
             schema_overrides={"n": pl.Int64, "slot": pl.Int64},
         )
-        .sort("value")  # then by count, keeping that order among equals: faster than one two-key sort
-        .sort("n", descending=True, maintain_order=True)
+        .sort(["n", "value"], descending=[True, False])
     )
     local_of_slot = np.full(slots.null_slot + 1, FIELD_UNK, dtype=id_dtype(N_FIELD_SPECIALS + ranked.height))
     local_of_slot[slots.null_slot] = FIELD_MISSING
@@ -404,12 +403,12 @@ class TabularTokenizer:
             name = f"time.{feature}"
             given = time_feature is not None  # then in output order already
             if feature in ("hour", "weekday"):
-                vocab = FieldVocab(name, feature, feature)
+                vocab = FieldVocab(name, feature, feature)  # nothing to learn: only encoding reads the clock
                 if given:  # never missing: every row has a time
-                    clock = time_feature(feature)
-                    return vocab, lambda: _FieldIds(clock + np.uint8(N_FIELD_SPECIALS), in_output_order=True)
-                column = _time_column(frame, feature)
-                return vocab, lambda: _FieldIds(_clock_local_ids(column))
+                    return vocab, lambda: _FieldIds(
+                        time_feature(feature) + np.uint8(N_FIELD_SPECIALS), in_output_order=True
+                    )
+                return vocab, lambda: _FieldIds(_clock_local_ids(_time_column(frame, feature)))
             if given:
                 values, train = time_feature(feature).astype(np.float64, copy=False), ordered_train_index()
             else:

@@ -82,9 +82,9 @@ from tabbert.baselines.lightgbm import train_lightgbm
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.errors import TabbertError
+from tabbert.metrics import regression_metrics
 from tabbert.reporting import format_table, markdown_table
 from tabbert.training.finetune import finetune
-from tabbert.training.metrics import regression_metrics
 from tabbert.training.pretrain import pretrain, summary
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ from tabbert.data.preparation import prepare, prepare_table
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.errors import TabbertError
-from tabbert.training.metrics import UndefinedMetricWarning, classification_metrics
+from tabbert.metrics import UndefinedMetricWarning, classification_metrics
 
 # One card holder, 15 rows. Minutes between rows vary; row 7 has no amount; 17+ merchants make
 # "shop" a many-valued field (distinct counts, novelty), "chip" a few-valued one (counts).

@@ -15,6 +15,7 @@ from tabbert.cli import main
 from tabbert.data.preparation import prepare_table
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.metrics import UndefinedMetricWarning, classification_metrics
 from tabbert.models.classifier import (
     TabBertForSequenceClassification,
     load_classifier,
@@ -25,7 +26,6 @@ from tabbert.models.heads import LSTMHead, MLPHead
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.training.evaluate import evaluate, score_windows
 from tabbert.training.finetune import finetune, training_order, upsampled_indices
-from tabbert.training.metrics import UndefinedMetricWarning, classification_metrics
 
 
 @pytest.fixture(scope="module")

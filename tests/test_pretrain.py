@@ -23,9 +23,9 @@ from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.metrics import UndefinedMetricWarning
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel
-from tabbert.training.metrics import UndefinedMetricWarning
-from tabbert.training.plots import plot_pr_roc
+from tabbert.plots import plot_pr_roc
 from tabbert.training.pretrain import model_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

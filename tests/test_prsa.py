@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tabbert.data.preparation import prepare
+from tabbert.metrics import regression_metrics
 from tabbert.training.finetune import finetune
-from tabbert.training.metrics import regression_metrics
 from tabbert.training.pretrain import pretrain
 
 PRSA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prsa"

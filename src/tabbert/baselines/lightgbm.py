@@ -35,13 +35,13 @@ from tabbert.baselines.features import WindowFeatures
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
-from tabbert.training.metrics import (
+from tabbert.metrics import (
     UndefinedMetricWarning,
     best_f1_threshold,
     classification_metrics,
     regression_metrics,
 )
-from tabbert.training.plots import plot_pr_roc
+from tabbert.plots import plot_pr_roc
 
 LABEL_MODES = ("any", "last")
 TOP_FEATURES = 20

@@ -23,18 +23,18 @@ from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
-from tabbert.models.classifier import (
-    TabBertClassifierConfig,
-    TabBertForSequenceClassification,
-    load_classifier,
-)
-from tabbert.training.metrics import (
+from tabbert.metrics import (
     UndefinedMetricWarning,
     best_f1_threshold,
     classification_metrics,
     regression_metrics,
 )
-from tabbert.training.plots import plot_pr_roc
+from tabbert.models.classifier import (
+    TabBertClassifierConfig,
+    TabBertForSequenceClassification,
+    load_classifier,
+)
+from tabbert.plots import plot_pr_roc
 
 EVAL_BATCH_SIZE = 256
 

@@ -46,6 +46,7 @@ from transformers import get_cosine_schedule_with_warmup
 from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
 from tabbert.models.classifier import (
     ENCODERS,
     LOSSES,
@@ -56,6 +57,7 @@ from tabbert.models.classifier import (
 )
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.heads import HEADS
+from tabbert.plots import plot_loss_curves
 from tabbert.training.evaluate import (
     EVAL_BATCH_SIZE,
     evaluate,
@@ -63,8 +65,6 @@ from tabbert.training.evaluate import (
     window_logits,
     window_truth,
 )
-from tabbert.training.metrics import UndefinedMetricWarning, best_f1_threshold
-from tabbert.training.plots import plot_loss_curves
 
 FROZEN_CACHE_BYTES = 4 << 30
 

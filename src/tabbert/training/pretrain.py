@@ -51,8 +51,8 @@ from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.plots import plot_loss_curves
 from tabbert.reporting import format_table
-from tabbert.training.plots import plot_loss_curves
 
 DEFAULT_LEARNING_RATE = 5e-4
 _TRAIN_MASKS, _EVAL_MASKS = 0, 1

@@ -23,7 +23,7 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from tabbert.atomic import atomic_path  # noqa: E402
-from tabbert.training.metrics import UndefinedMetricWarning  # noqa: E402
+from tabbert.metrics import UndefinedMetricWarning  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:

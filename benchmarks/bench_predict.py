@@ -38,14 +38,12 @@ from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.inference import PREDICT_BATCH_SIZE, Prediction, score_table
-from tabbert.models.classifier import (
-    TabBertForSequenceClassification,
-    load_classifier,
-    save_classifier,
-)
-from tabbert.models.configuration import MODEL_SIZES, TabBertConfig
+from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
+from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel
+from tabbert.options import SIZES
 from tabbert.reporting import format_table
+from tabbert.runs import load_run
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "bench_predict"
@@ -135,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100, help="generated card holders (default 100)")
     parser.add_argument("--rows-per-user", type=int, default=1000, help="average rows per holder (default 1000)")
-    parser.add_argument("--size", default="small", choices=tuple(MODEL_SIZES), help="model size (default small)")
+    parser.add_argument("--size", default="small", choices=SIZES, help="model size (default small)")
     parser.add_argument("--trials", type=int, default=3, help="alternating trials of each (default 3)")
     parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
                         help=f"windows per forward, predict's and the bare one's (default {PREDICT_BATCH_SIZE})")
@@ -151,7 +149,7 @@ def main() -> None:
     load_before = os.getloadavg()
     csv, data = prepared_card_data(args.users, args.rows_per_user, args.seed)
     model_dir = save_untrained_classifier(data, args.size, args.seed)
-    model = load_classifier(model_dir)
+    model = load_run(model_dir).model
     ids, real = windows_ending_at_each_row(data)
     bare_forward(model, ids[: args.batch_size], real[: args.batch_size], args.batch_size)  # warm-up
     n_rows = data.n_rows

@@ -83,6 +83,7 @@ from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.errors import TabbertError
 from tabbert.metrics import regression_metrics
+from tabbert.options import SIZES
 from tabbert.reporting import format_table, markdown_table
 from tabbert.training.finetune import finetune
 from tabbert.training.pretrain import pretrain, summary
@@ -114,8 +115,8 @@ MATRICES = {
     "all": "[windows × 10, 2] matrix of the PM2.5 and PM10 of every row of each window",
 }
 PATIENCE = 3
-FULL = {"model": "small", "pretrain_steps": 4000, "epochs": 10, "stations": None, "lightgbm_rounds": 2000}
-QUICK = {"model": "tiny", "pretrain_steps": 20, "epochs": 1, "stations": 2, "lightgbm_rounds": 100}
+FULL = {"size": "small", "pretrain_steps": 4000, "epochs": 10, "stations": None, "lightgbm_rounds": 2000}
+QUICK = {"size": "tiny", "pretrain_steps": 20, "epochs": 1, "stations": 2, "lightgbm_rounds": 100}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,18 +127,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path,
                         help="folder for prsa.json and prsa.md (default benchmarks/results; --quick: the work folder)")
     parser.add_argument("--protocols", nargs="+", choices=tuple(PROTOCOLS), default=list(PROTOCOLS))
-    parser.add_argument("--model", choices=("tiny", "small", "paper"), help="model size (default small; quick: tiny)")
+    parser.add_argument("--size", "--model", choices=SIZES, help="model size (default small; quick: tiny)")
     parser.add_argument("--pretrain-steps", type=int, help="pre-training optimizer steps (default 4000; quick: 20)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs, best by validation RMSE (default 10; quick: 1)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per step, pre-training and fine-tuning")
-    parser.add_argument("--target", choices=("last", "all"), default="last",
+    parser.add_argument("--target-mode", "--target", dest="target", choices=("last", "all"), default="last",
                         help="predict the newest row's targets (default) or every row's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch and LightGBM threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny model, two stations, a few steps")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the prepared data and pre-trained encoder of an earlier run in the work folder "
-                             "(same --model) and run the fine-tuning rows again")
+                             "(same --size) and run the fine-tuning rows again")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name, None) is None:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "paper": {"source": PAPER, "rmse": PAPER_RMSE, "windows": PAPER_WINDOWS, "protocol": "random"},
         "rmse_definition": RMSE_DEFINITION.format(matrix=MATRICES[args.target]),
         "settings": {
-            "model": args.model, "pretrain_steps": args.pretrain_steps, "epochs": args.epochs,
+            "size": args.size, "pretrain_steps": args.pretrain_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "target": args.target, "seed": args.seed, "threads": args.threads,
             "quick": args.quick, "stations": args.stations or "all", "lightgbm_rounds": args.lightgbm_rounds,
             "encoder": "frozen", "patience": PATIENCE, "reused_pretraining": args.reuse,
@@ -236,9 +237,9 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
           f"{result['test_windows_sharing_rows_with_train']:.1%} of test windows share rows with a training window")
 
     if not args.reuse:
-        banner(f"{name} split: pre-training TabBERT {args.model} for {args.pretrain_steps} steps")
+        banner(f"{name} split: pre-training TabBERT {args.size} for {args.pretrain_steps} steps")
         started = time.perf_counter()
-        metrics = pretrain(data.path, work / "pretrain", model=args.model, max_steps=args.pretrain_steps,
+        metrics = pretrain(data.path, work / "pretrain", size=args.size, max_steps=args.pretrain_steps,
                            batch_size=args.batch_size, seed=args.seed, save_steps=10**9)
         pretrain_seconds = time.perf_counter() - started
     result["pretrain"] = pretraining_figures(metrics, pretrain_seconds)
@@ -251,13 +252,12 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
         started = time.perf_counter()
         metrics = finetune(
             data.path, work / row_folder(label), encoder=encoder, head=head, task="regression",
-            pretrained=work / "pretrain" if encoder == "pretrained" else None, size=args.model,
-            epochs=args.epochs, batch_size=args.batch_size, patience=PATIENCE, target=args.target, seed=args.seed,
+            pretrained=work / "pretrain" if encoder == "pretrained" else None, size=args.size,
+            epochs=args.epochs, batch_size=args.batch_size, patience=PATIENCE, target_mode=args.target, seed=args.seed,
         )
-        best = metrics["epochs"][metrics["best_epoch"] - 1]
-        add_row(result, label, metrics["evaluate"]["test"], best["rmse"], time.perf_counter() - started,
-                train_seconds=metrics["train_seconds"], best_epoch=metrics["best_epoch"],
-                epochs_run=len(metrics["epochs"]))
+        training = metrics["training"]
+        add_run(result, label, metrics, time.perf_counter() - started, best_epoch=training["best_epoch"],
+                epochs_run=len(training["epochs"]))
         save_report(report, args.results)
 
     if args.target == "last":
@@ -265,8 +265,8 @@ def run_protocol(name: str, source: Path, args: argparse.Namespace, report: dict
         started = time.perf_counter()
         metrics = train_lightgbm(data.path, work / row_folder("LightGBM"), seed=args.seed, threads=args.threads,
                                  rounds=args.lightgbm_rounds, plots=False)
-        add_row(result, "LightGBM", metrics["test"], metrics["val"]["rmse"], time.perf_counter() - started,
-                train_seconds=metrics["train_seconds"], best_iteration=metrics["best_iteration"])
+        add_run(result, "LightGBM", metrics, time.perf_counter() - started,
+                best_iteration=metrics["training"]["best_iteration"])
     else:
         print(f"[{name}] LightGBM predicts the newest row only; no LightGBM row with --target all")
     started = time.perf_counter()
@@ -326,6 +326,13 @@ def add_row(result: dict, label: str, test: dict, val_rmse: float, seconds: floa
     result["rows"].append(row)
     print(f"[{result['split']['method']}] {label}: test RMSE {test['rmse']:.2f} µg/m³ "
           f"(PM2.5 {test['rmse_PM2.5']:.2f}, PM10 {test['rmse_PM10']:.2f}), MAE {test['mae']:.2f}; took {seconds:.0f} s")
+
+
+def add_run(result: dict, label: str, metrics: dict, seconds: float, **details) -> None:
+    """:func:`add_row` for a run, from its ``metrics.json`` (the same layout for every kind of run)."""
+    splits = metrics["splits"]
+    add_row(result, label, splits["test"], splits["val"]["rmse"], seconds,
+            train_seconds=metrics["training"]["train_seconds"], **details)
 
 
 def pretraining_figures(metrics: dict, seconds: float) -> dict:
@@ -401,7 +408,7 @@ def markdown_report(report: dict) -> str:
         "",
         f"**RMSE**: {report['rmse_definition']}. Per-target RMSE and MAE are in the protocol tables.",
         "",
-        (f"Settings: model `{settings['model']}`, {settings['pretrain_steps']} pre-training steps, "
+        (f"Settings: model size `{settings['size']}`, {settings['pretrain_steps']} pre-training steps, "
          f"{settings['epochs']} fine-tuning epoch(s) (best by validation RMSE), batch {settings['batch_size']}, "
          f"frozen encoder, target `{settings['target']}`, seed {settings['seed']}, {settings['threads']} thread(s), "
          f"stations: {settings['stations']}{' (quick smoke test)' if settings['quick'] else ''}"

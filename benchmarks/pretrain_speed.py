@@ -46,7 +46,7 @@ def main() -> None:
     for size in args.sizes:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            metrics = pretrain(data.path, WORK / f"run_{size}_{threads}", model=size, batch_size=args.batch_size,
+            metrics = pretrain(data.path, WORK / f"run_{size}_{threads}", size=size, batch_size=args.batch_size,
                                max_steps=args.steps, save_steps=10**9)
             results.append({
                 "model": size, "parameters": metrics["model"]["parameters"], "threads": threads,

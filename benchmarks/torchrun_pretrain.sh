@@ -17,7 +17,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 started=$(date +%s)
 "$bin/torchrun" --standalone --nproc_per_node 2 -m tabbert.cli pretrain \
-    --data "$work/prepared" --out "$work/run" --model tiny --batch-size 16 --max-steps 20 --save-steps 10
+    --data "$work/prepared" --out "$work/run" --size tiny --batch-size 16 --max-steps 20 --save-steps 10
 echo "torchrun pretrain: $(( $(date +%s) - started )) s"
 
 "$bin/python" - "$work/run" <<'PY'

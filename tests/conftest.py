@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -43,6 +44,25 @@ def make_table(entity_lengths: dict[str, int], positives: dict[str, list[int]] |
     # shuffle so that preparation has to order the rows itself
     frame = frame.sample(fraction=1.0, shuffle=True, seed=3)
     return Table(frame=frame, schema=schema, path="hand-made", rows_in=frame.height)
+
+
+def make_regression_table(n_entities: int = 6, rows: int = 60) -> Table:
+    """Hourly readings of a few stations with two regression targets that depend on one input."""
+    rng = np.random.default_rng(0)
+    n = n_entities * rows
+    temp = rng.normal(10.0, 5.0, n)
+    frame = pl.DataFrame({
+        ROW: np.arange(n, dtype=np.uint64),
+        ENTITY: np.repeat([f"s{i}" for i in range(n_entities)], rows),
+        TIME: np.tile(np.datetime64("2020-01-01T00:00", "us") + np.arange(rows) * np.timedelta64(1, "h"), n_entities),
+        "wind": rng.choice(["N", "S", "E"], n),
+        "temp": temp,
+        "pm": 200.0 + 30.0 * temp + rng.normal(0.0, 5.0, n),
+        "pm_coarse": 500.0 - 10.0 * temp,
+    })
+    schema = TableSchema(fields=(FieldSpec("wind", "categorical"), FieldSpec("temp", "numeric", n_bins=8)),
+                         labels=("pm", "pm_coarse"), task="regression", time_features=("hour",))
+    return Table(frame, schema, "regression table", rows_in=n)
 
 
 @pytest.fixture(scope="session", autouse=True)

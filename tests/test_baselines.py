@@ -134,24 +134,25 @@ def test_lightgbm_trains_saves_and_reloads(card_data, tmp_path):
     run = tmp_path / "run"
     metrics = train_lightgbm(card_data.path, run, seed=0, threads=1)
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved["test"] == metrics["test"] and saved["val"] == metrics["val"]
-    assert metrics["test"]["pr_auc"] > metrics["test"]["positives"] / metrics["test"]["n"]  # beats chance
-    assert metrics["features"]["count"] == len(json.loads((run / "features.json").read_text())["names"])
-    assert 0 < len(metrics["feature_importance"]) <= 20
+    test = metrics["splits"]["test"]
+    assert saved["splits"] == metrics["splits"]
+    assert test["pr_auc"] > test["positives"] / test["n"]  # beats chance
+    assert metrics["training"]["features"]["count"] == len(json.loads((run / "features.json").read_text())["names"])
+    assert 0 < len(metrics["training"]["feature_importance"]) <= 20
     for name in ("model.txt", "features.json", "test_pr_curve.png", "val_roc_curve.png"):
         assert (run / name).is_file()
     scores, labels = _scores(run, card_data)
     reloaded = classification_metrics(labels, scores, metrics["threshold"])
-    assert reloaded["pr_auc"] == metrics["test"]["pr_auc"]
-    assert reloaded["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert reloaded["pr_auc"] == test["pr_auc"]
+    assert reloaded["confusion_matrix"] == test["confusion_matrix"]
 
 
 def test_same_seed_same_model(card_data, tmp_path):
-    options = {"seed": 3, "threads": 1, "label": "last", "scale_pos_weight": "balanced", "plots": False}
+    options = {"seed": 3, "threads": 1, "label_mode": "last", "scale_pos_weight": "balanced", "plots": False}
     one = train_lightgbm(card_data.path, tmp_path / "one", **options)
     two = train_lightgbm(card_data.path, tmp_path / "two", **options)
-    assert one["val"] == two["val"] and one["test"] == two["test"]
-    assert one["label_mode"] == "last" and one["scale_pos_weight"] > 1
+    assert one["splits"]["val"] == two["splits"]["val"] and one["splits"]["test"] == two["splits"]["test"]
+    assert one["options"]["label_mode"] == "last" and one["training"]["scale_pos_weight"] > 1
     assert (tmp_path / "one" / "model.txt").read_bytes() == (tmp_path / "two" / "model.txt").read_bytes()
 
 
@@ -169,8 +170,8 @@ def test_validation_without_positives_stops_on_log_loss(tmp_path):
     with pytest.warns(UndefinedMetricWarning) as caught:
         metrics = train_lightgbm(data.path, tmp_path / "run", rounds=100, threads=1, plots=False)
     assert any("validation windows hold one class" in str(w.message) for w in caught)
-    assert metrics["early_stopping_metric"] == "binary_logloss"
-    assert metrics["val"]["pr_auc"] is None and metrics["val"]["positives"] == 0
+    assert metrics["training"]["early_stopping_metric"] == "binary_logloss"
+    assert metrics["splits"]["val"]["pr_auc"] is None and metrics["splits"]["val"]["positives"] == 0
 
 
 def test_regression_on_prsa_subset(tmp_path, capsys):
@@ -186,10 +187,10 @@ def test_regression_on_prsa_subset(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for split in ("val", "test"):
         for key in ("rmse", "mae", "rmse_PM2.5", "rmse_PM10"):
-            assert np.isfinite(metrics[split][key]) and metrics[split][key] > 0
-    assert set(metrics["best_iteration"]) == {"PM2.5", "PM10"}
+            assert np.isfinite(metrics["splits"][split][key]) and metrics["splits"][split][key] > 0
+    assert set(metrics["training"]["best_iteration"]) == {"PM2.5", "PM10"}
     booster = lightgbm.Booster(model_file=str(tmp_path / "run" / "model-PM10.txt"))
-    assert booster.num_feature() == metrics["features"]["count"]
+    assert booster.num_feature() == metrics["training"]["features"]["count"]
 
 
 def test_cli_baseline_lightgbm(card_data, tmp_path, capsys):
@@ -199,7 +200,7 @@ def test_cli_baseline_lightgbm(card_data, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "PR-AUC" in printed and "gain share" in printed
-    assert json.loads((out / "metrics.json").read_text())["params"]["rounds"] == 50
+    assert json.loads((out / "metrics.json").read_text())["training"]["params"]["rounds"] == 50
     assert main(args) == 2  # the run directory is not empty now
     assert "not empty" in capsys.readouterr().err
 

@@ -7,24 +7,20 @@ import shutil
 import warnings
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
+from conftest import make_regression_table
 
 from tabbert.cli import main
 from tabbert.data.preparation import prepare_table
-from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, Table, TableSchema
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.evaluation import evaluate, score_windows
 from tabbert.metrics import UndefinedMetricWarning, classification_metrics
-from tabbert.models.classifier import (
-    TabBertForSequenceClassification,
-    load_classifier,
-    load_encoder,
-)
+from tabbert.models.classifier import LSTMHead, MLPHead, TabBertForSequenceClassification
 from tabbert.models.configuration import TabBertConfig
-from tabbert.models.heads import LSTMHead, MLPHead
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
-from tabbert.training.evaluate import evaluate, score_windows
+from tabbert.options import FinetuneOptions
+from tabbert.runs import load_run
 from tabbert.training.finetune import finetune, training_order, upsampled_indices
 
 
@@ -51,6 +47,14 @@ def run(workdir, fraud_cards, pretrained):
     out = workdir / "run"
     finetune(fraud_cards.path, out, pretrained=pretrained.parent, epochs=3, batch_size=64, lr=3e-3, progress=False)
     return out
+
+
+def load_encoder(path):
+    return load_run(path, expect="encoder").model
+
+
+def load_classifier(path):
+    return load_run(path, expect="classifier").model
 
 
 def _encoder_weights(model) -> dict[str, torch.Tensor]:
@@ -90,21 +94,21 @@ def test_frozen_encoder_is_unchanged_by_training(run, pretrained):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert metrics["training"]["parameters"]["trainable"] < metrics["training"]["parameters"]["total"]
 
 
 def test_unfreeze_trains_the_encoder_and_label_last(workdir, fraud_cards, pretrained):
-    metrics = finetune(fraud_cards.path, workdir / "unfrozen", pretrained=pretrained, unfreeze=True, label="last",
+    metrics = finetune(fraud_cards.path, workdir / "unfrozen", pretrained=pretrained, unfreeze=True, label_mode="last",
                        epochs=1, batch_size=64, encoder_lr=1e-3, progress=False)
     before = _encoder_weights(load_encoder(pretrained))
     model = load_classifier(workdir / "unfrozen")
     after = _encoder_weights(model.encoder)
     assert any(not torch.equal(before[name], after[name]) for name in before)
-    assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
+    assert metrics["training"]["parameters"]["trainable"] == metrics["training"]["parameters"]["total"]
     # the window label of the newest row, not of any row
     test = fraud_cards.windows("test")
     assert model.config.label_mode == "last"
-    assert metrics["evaluate"]["test"]["positives"] == fraud_cards.window_labels(test, "last").sum()
+    assert metrics["splits"]["test"]["positives"] == fraud_cards.window_labels(test, "last").sum()
     assert fraud_cards.window_labels(test, "last").sum() < fraud_cards.window_labels(test, "any").sum()
 
 
@@ -112,15 +116,15 @@ def test_unfreeze_trains_the_encoder_and_label_last(workdir, fraud_cards, pretra
 
 
 def test_best_epoch_is_kept(run, fraud_cards):
-    metrics = json.loads((run / "metrics.json").read_text())
-    pr_aucs = [epoch["pr_auc"] for epoch in metrics["epochs"]]
-    assert len(pr_aucs) == 3 and metrics["metric"] == "pr_auc"
-    assert metrics["best_epoch"] == 1 + int(np.argmax(pr_aucs))
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    pr_aucs = [epoch["pr_auc"] for epoch in training["epochs"]]
+    assert len(pr_aucs) == 3 and training["metric"] == "pr_auc"
+    assert training["best_epoch"] == 1 + int(np.argmax(pr_aucs))
     model = load_classifier(run)
     val = fraud_cards.windows("val")
     scores = score_windows(model, fraud_cards, val)
     again = classification_metrics(fraud_cards.window_labels(val), scores)
-    assert again["pr_auc"] == pytest.approx(metrics["best_value"], abs=1e-6)
+    assert again["pr_auc"] == pytest.approx(training["best_value"], abs=1e-6)
     assert model.config.threshold == pytest.approx(again["threshold"])
 
 
@@ -128,7 +132,7 @@ def test_same_seed_same_run(workdir, fraud_cards, pretrained, run):
     again = finetune(fraud_cards.path, workdir / "again", pretrained=pretrained, epochs=3, batch_size=64, lr=3e-3,
                      progress=False)
     first = json.loads((run / "metrics.json").read_text())
-    assert [e["val_loss"] for e in again["epochs"]] == [e["val_loss"] for e in first["epochs"]]
+    assert [e["val_loss"] for e in again["training"]["epochs"]] == [e["val_loss"] for e in first["training"]["epochs"]]
 
 
 def test_upsampling_raises_the_positive_share():
@@ -140,7 +144,8 @@ def test_upsampling_raises_the_positive_share():
     assert set(np.flatnonzero(labels == 0)) <= set(order.tolist())  # every negative once
     batches = [labels[order[i:i + 64]].mean() for i in range(0, len(order), 64)]
     assert np.mean(batches) > 0.4
-    assert np.sort(training_order(labels, "classification", "none", 0.5, rng)).tolist() == list(range(1000))
+    no_upsampling = FinetuneOptions.create(encoder="raw", imbalance="none").for_task("classification")
+    assert np.sort(training_order(labels, no_upsampling, rng)).tolist() == list(range(1000))
     # nothing to repeat when positives already reach the share
     assert len(upsampled_indices(labels, 0.005, rng)) == 1000
 
@@ -151,32 +156,14 @@ def test_class_weights_and_rmse_loss(workdir, fraud_cards, pretrained):
     config = load_classifier(workdir / "weights").config
     assert config.loss == "rmse" and config.head == "mlp"
     assert config.class_weights[1] > config.class_weights[0]
-    assert 0 < metrics["epochs"][0]["train_loss"] < 1
+    assert 0 < metrics["training"]["epochs"][0]["train_loss"] < 1
 
 
 # ------------------------------------------------------------------------------------------ regression
 
 
-def _regression_table(n_entities: int = 6, rows: int = 60) -> Table:
-    rng = np.random.default_rng(0)
-    n = n_entities * rows
-    temp = rng.normal(10.0, 5.0, n)
-    frame = pl.DataFrame({
-        ROW: np.arange(n, dtype=np.uint64),
-        ENTITY: np.repeat([f"s{i}" for i in range(n_entities)], rows),
-        TIME: np.tile(np.datetime64("2020-01-01T00:00", "us") + np.arange(rows) * np.timedelta64(1, "h"), n_entities),
-        "wind": rng.choice(["N", "S", "E"], n),
-        "temp": temp,
-        "pm": 200.0 + 30.0 * temp + rng.normal(0.0, 5.0, n),
-        "pm_coarse": 500.0 - 10.0 * temp,
-    })
-    schema = TableSchema(fields=(FieldSpec("wind", "categorical"), FieldSpec("temp", "numeric", n_bins=8)),
-                         labels=("pm", "pm_coarse"), task="regression", time_features=("hour",))
-    return Table(frame, schema, "regression table", rows_in=n)
-
-
 def test_regression_standardizes_and_reports_original_units(workdir):
-    data = prepare_table(_regression_table(), workdir / "regression", seq_len=4, stride=2, split="random")
+    data = prepare_table(make_regression_table(), workdir / "regression", seq_len=4, stride=2, split="random")
     metrics = finetune(data.path, workdir / "regression-run", encoder="raw", size="tiny", epochs=2, batch_size=32,
                        lr=1e-2, progress=False)
     model = load_classifier(workdir / "regression-run")
@@ -189,11 +176,11 @@ def test_regression_standardizes_and_reports_original_units(workdir):
     test = data.windows("test")
     predictions = score_windows(model, data, test)
     truth = data.window_targets(test)
-    figures = metrics["evaluate"]["test"]
+    figures = metrics["splits"]["test"]
     rmse = float(np.sqrt(np.mean((predictions[:, 0] - truth[:, 0]) ** 2)))
     assert figures["rmse_pm"] == pytest.approx(rmse, rel=1e-4)
     assert figures["mae_pm_coarse"] == pytest.approx(float(np.mean(np.abs(predictions[:, 1] - truth[:, 1]))), rel=1e-4)
-    assert metrics["metric"] == "rmse" and "threshold" not in figures
+    assert metrics["training"]["metric"] == "rmse" and "threshold" not in figures
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -204,12 +191,12 @@ def test_evaluate_writes_metrics_and_curves(run, fraud_cards):
         assert (run / name).stat().st_size > 1000
     figures = evaluate(run / "model", fraud_cards.path, "val")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["evaluate"]) == {"test", "val"}
-    assert metrics["evaluate"]["val"] == json.loads(json.dumps(figures))
+    assert set(metrics["splits"]) == {"test", "val"}
+    assert metrics["splits"]["val"] == json.loads(json.dumps(figures))
     for key in ("f1", "precision", "recall", "roc_auc", "pr_auc", "recall_at_1pct_fpr", "confusion_matrix"):
-        assert metrics["evaluate"]["test"][key] is not None
+        assert metrics["splits"]["test"][key] is not None
     # the threshold comes from validation and is applied unchanged to test
-    assert metrics["evaluate"]["test"]["threshold"] == metrics["threshold"] == figures["threshold"]
+    assert metrics["splits"]["test"]["threshold"] == metrics["threshold"] == figures["threshold"]
     assert (run / "val_pr_curve.png").is_file()
 
 
@@ -229,7 +216,7 @@ def test_split_without_positives_gives_none_and_a_warning(workdir, run, fraud_ca
 
 
 def test_model_for_another_schema_is_refused(workdir, run, pretrained):
-    other = prepare_table(_regression_table(), workdir / "other-schema", seq_len=4, stride=2, split="random")
+    other = prepare_table(make_regression_table(), workdir / "other-schema", seq_len=4, stride=2, split="random")
     with pytest.raises(ArtifactError, match="fields"):
         evaluate(run, other.path)
     with pytest.raises(ArtifactError, match="fields"):

@@ -14,15 +14,12 @@ from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.sources import read_card
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.errors import ArtifactError, DataError
+from tabbert.evaluation import score_windows
 from tabbert.inference import predict, score_table
-from tabbert.models.classifier import (
-    TabBertForSequenceClassification,
-    load_classifier,
-    save_classifier,
-)
+from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel
-from tabbert.training.evaluate import score_windows
+from tabbert.runs import load_run
 
 SEQ_LEN = 10
 
@@ -78,7 +75,7 @@ def test_short_histories_are_padded_and_flagged(scored, fraud_card_csv, model_di
     assert scored.padded_rows == scored.entities * (SEQ_LEN - 1) == 10 * (SEQ_LEN - 1)
 
     # the third row of the first entity: seven [PAD] rows, masked, then its three real rows
-    model = load_classifier(model_dir)
+    model = load_run(model_dir).model
     first = fraud_cards.entity_offsets[0]
     ids = np.full((1, SEQ_LEN, fraud_cards.tokens.shape[1]), PAD_ID, dtype=np.int64)
     ids[0, -3:] = fraud_cards.tokens[first:first + 3]
@@ -91,7 +88,7 @@ def test_short_histories_are_padded_and_flagged(scored, fraud_card_csv, model_di
 
 
 def test_full_history_scores_match_the_prepared_windows(scored, model_dir, fraud_cards):
-    model = load_classifier(model_dir)
+    model = load_run(model_dir).model
     starts = np.concatenate([fraud_cards.windows(split) for split in ("train", "val", "test")])
     expected = score_windows(model, fraud_cards, starts)
     newest_rows = fraud_cards.row_ids[starts + SEQ_LEN - 1]

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tabbert.cli import main
-from tabbert.commands.embed import write_embeddings
 from tabbert.data.preparation import prepare, prepare_table
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import TabularTokenizer
+from tabbert.embeddings import write_embeddings
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.metrics import UndefinedMetricWarning
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel
@@ -29,7 +29,7 @@ from tabbert.plots import plot_pr_roc
 from tabbert.training.pretrain import model_config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(model="tiny", batch_size=16, lr=2e-3)
+TINY = dict(size="tiny", batch_size=16, lr=2e-3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -44,7 +44,7 @@ def card_data(tmp_path_factory) -> Path:
 def run_dir(card_data, tmp_path_factory) -> Path:
     """A 50-step tiny run made through the command line."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    code = main(["pretrain", "--data", str(card_data), "--out", str(run), "--model", "tiny", "--batch-size", "16",
+    code = main(["pretrain", "--data", str(card_data), "--out", str(run), "--size", "tiny", "--batch-size", "16",
                  "--lr", "2e-3", "--max-steps", "50", "--save-steps", "25"])
     assert code == 0
     return run
@@ -149,7 +149,7 @@ def test_refuses_a_non_empty_run_directory(card_data, tmp_path, capsys):
 
 def test_resume_needs_the_same_settings(run_dir, card_data):
     with pytest.raises(TabbertError, match="lr"):
-        pretrain(card_data, run_dir, model="tiny", batch_size=16, lr=1e-3, max_steps=50, save_steps=25, resume=True)
+        pretrain(card_data, run_dir, size="tiny", batch_size=16, lr=1e-3, max_steps=50, save_steps=25, resume=True)
 
 
 def test_unknown_model_setting_is_refused(card_data, tmp_path):
@@ -191,6 +191,7 @@ def test_embed_refuses_a_model_of_another_schema(card_data, tmp_path, capsys):
     model_dir = tmp_path / "other_model"
     config = model_config(other.tokenizer, other.seq_len, "tiny", False, {})
     TabBertForMaskedFieldModeling(config).save_pretrained(model_dir)
+    other.tokenizer.save(model_dir / "tokenizer.json")
     with pytest.raises(ArtifactError, match="fields"):
         write_embeddings(model_dir, card_data, tmp_path / "out.parquet")
     out = str(tmp_path / "out.parquet")

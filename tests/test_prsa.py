@@ -114,7 +114,7 @@ def slice_data(workdir, station_slice):
 
 @pytest.fixture(scope="module")
 def pretrained(workdir, slice_data):
-    metrics = pretrain(slice_data.path, workdir / "pretrain", model="tiny", max_steps=4, batch_size=32,
+    metrics = pretrain(slice_data.path, workdir / "pretrain", size="tiny", max_steps=4, batch_size=32,
                        save_steps=10**6, seed=0)
     assert metrics["steps"] == 4 and set(metrics["fields"]) == set(FIELDS)
     return workdir / "pretrain"
@@ -152,17 +152,18 @@ def test_constant_prediction_rmse_is_the_target_spread(slice_data):
 def test_tabbert_lstm_regression_last_row(workdir, slice_data, pretrained):
     metrics = finetune(slice_data.path, workdir / "tabbert_lstm", pretrained=pretrained, task="regression",
                        head="lstm", epochs=1, size="tiny", progress=False)
-    assert metrics["task"] == "regression" and metrics["options"]["target"] == "last"
-    assert metrics["train_seconds"] > 0 and metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
-    _check_regression_figures(metrics["evaluate"]["test"], slice_data)
-    assert {"rmse_PM2.5", "rmse_PM10", "rmse"} <= set(metrics["epochs"][0])
+    training = metrics["training"]
+    assert metrics["task"] == "regression" and metrics["options"]["target_mode"] == "last"
+    assert training["train_seconds"] > 0 and training["parameters"]["trainable"] < training["parameters"]["total"]
+    _check_regression_figures(metrics["splits"]["test"], slice_data)
+    assert {"rmse_PM2.5", "rmse_PM10", "rmse"} <= set(training["epochs"][0])
 
 
 def test_tabbert_mlp_regression_all_rows(workdir, slice_data, pretrained):
     metrics = finetune(slice_data.path, workdir / "tabbert_all", pretrained=pretrained, task="regression",
-                       head="mlp", target="all", epochs=1, size="tiny", progress=False)
-    assert metrics["options"]["target"] == "all"
-    test = metrics["evaluate"]["test"]
+                       head="mlp", target_mode="all", epochs=1, size="tiny", progress=False)
+    assert metrics["options"]["target_mode"] == "all"
+    test = metrics["splits"]["test"]
     _check_regression_figures(test, slice_data, mode="all")
     assert test["n"] == slice_data.meta["windows"]["test"] * slice_data.seq_len
 
@@ -172,5 +173,5 @@ def test_raw_baselines_regression(workdir, slice_data, head):
     metrics = finetune(slice_data.path, workdir / f"raw_{head}", encoder="raw", head=head, task="regression",
                        epochs=1, size="tiny", progress=False)
     assert metrics["options"]["encoder"] == "raw"
-    assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
-    _check_regression_figures(metrics["evaluate"]["test"], slice_data)
+    assert metrics["training"]["parameters"]["trainable"] == metrics["training"]["parameters"]["total"]
+    _check_regression_figures(metrics["splits"]["test"], slice_data)

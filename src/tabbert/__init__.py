@@ -8,6 +8,9 @@ The pipeline as functions (imported on first use, so ``import tabbert`` stays li
     tabbert.finetune("data/", "runs/ft", pretrained="runs/pre/model")
     tabbert.evaluate("runs/ft", "data/", split="test")
     tabbert.predict("runs/ft", "new.csv")              # -> polars DataFrame of scores
+
+Each step's options are declared once in :mod:`tabbert.options`; runs are loaded and scored by
+:mod:`tabbert.runs`.
 """
 
 from __future__ import annotations
@@ -27,10 +30,18 @@ _EXPORTS = {
     "TabBertModel": "tabbert.models.tabbert",
     "TabBertForMaskedFieldModeling": "tabbert.models.tabbert",
     "TabBertForSequenceClassification": "tabbert.models.classifier",
+    "RawFieldsForSequenceClassification": "tabbert.models.raw",
+    "PrepareOptions": "tabbert.options",
+    "PretrainOptions": "tabbert.options",
+    "FinetuneOptions": "tabbert.options",
+    "BaselineOptions": "tabbert.options",
     "pretrain": "tabbert.training.pretrain",
     "finetune": "tabbert.training.finetune",
-    "evaluate": "tabbert.training.evaluate",
+    "train_baseline": "tabbert.baselines",
+    "evaluate": "tabbert.evaluation",
+    "load_run": "tabbert.runs",
     "predict": "tabbert.inference",
+    "write_embeddings": "tabbert.embeddings",
 }
 
 __all__ = sorted(_EXPORTS)

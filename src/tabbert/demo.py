@@ -25,7 +25,7 @@ class DemoSettings:
     users: int = 300
     rows_per_user: int = 1000
     seed: int = 0
-    model: str = "small"
+    size: str = "small"
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     finetune_epochs: int = 3
@@ -34,7 +34,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
-        return cls(users=60, rows_per_user=400, seed=seed, model="tiny", pretrain_steps=120,
+        return cls(users=60, rows_per_user=400, seed=seed, size="tiny", pretrain_steps=120,
                    finetune_epochs=2, raw_size="tiny")
 
 
@@ -49,7 +49,7 @@ ROWS = (
 
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print) -> dict:
     """Run every step into ``out`` (a new directory) and return the table's figures."""
-    from tabbert.baselines.lightgbm import train_lightgbm
+    from tabbert.baselines import train_baseline
     from tabbert.training.finetune import finetune
     from tabbert.training.pretrain import pretrain
 
@@ -74,30 +74,24 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
     log(f"{data.n_rows:,} rows, windows {data.meta['windows']}, positive windows {data.meta['positive_windows']}")
 
     step("pre-train TabBERT", lambda: pretrain(
-        data_dir, out / "pretrain", model=settings.model, max_steps=settings.pretrain_steps,
+        data_dir, out / "pretrain", size=settings.size, max_steps=settings.pretrain_steps,
         batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps))
     pretrained = out / "pretrain" / "model"
     common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed)
     runs = {
         "tabbert_lstm": lambda: finetune(data_dir, out / "tabbert_lstm", pretrained=pretrained, head="lstm", **common),
         "tabbert_mlp": lambda: finetune(data_dir, out / "tabbert_mlp", pretrained=pretrained, head="mlp", **common),
-        "raw_lstm": lambda: finetune(data_dir, out / "raw_lstm", encoder="raw", head="lstm", size=settings.raw_size,
-                                     **common),
-        "raw_mlp": lambda: finetune(data_dir, out / "raw_mlp", encoder="raw", head="mlp", size=settings.raw_size,
-                                    **common),
-        "lightgbm": lambda: train_lightgbm(data_dir, out / "lightgbm", seed=settings.seed, threads=1),
+        "raw_lstm": lambda: train_baseline(data_dir, out / "raw_lstm", kind="lstm", size=settings.raw_size, **common),
+        "raw_mlp": lambda: train_baseline(data_dir, out / "raw_mlp", kind="mlp", size=settings.raw_size, **common),
+        "lightgbm": lambda: train_baseline(data_dir, out / "lightgbm", kind="lightgbm", seed=settings.seed, threads=1),
     }
     results = {name: step(name, action) for name, action in runs.items()}
 
     table = {}
     for label, name in ROWS:
-        metrics = results[name]
-        test = metrics["test"] if name == "lightgbm" else metrics["evaluate"]["test"]
-        table[label] = {
-            "f1": test["f1"], "pr_auc": test["pr_auc"], "roc_auc": test["roc_auc"],
-            "train_seconds": seconds[name] if name != "lightgbm" else metrics["train_seconds"],
-            "run": name,
-        }
+        test, training = results[name]["splits"]["test"], results[name]["training"]
+        table[label] = {"f1": test["f1"], "pr_auc": test["pr_auc"], "roc_auc": test["roc_auc"],
+                        "train_seconds": training["train_seconds"], "run": name}
     summary = {
         "settings": asdict(settings),
         "data": {"rows": data.n_rows, "windows": data.meta["windows"], "positive_windows": data.meta["positive_windows"]},

@@ -30,15 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
-from tqdm.auto import tqdm
 
 from tabbert.atomic import atomic_path
 from tabbert.data.schema import ENTITY, ROW, TIME
-from tabbert.data.tokenizer import FIELD_UNK, PAD_ID, TabularTokenizer
+from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
 from tabbert.errors import DataError
-from tabbert.models.classifier import TabBertForSequenceClassification
-from tabbert.training.evaluate import load_finetuned
+from tabbert.runs import choose_device, load_run, padded_histories, score
 
 PREDICT_BATCH_SIZE = 512
 FRAME_NAME = "<input frame>"
@@ -57,19 +54,20 @@ class Prediction:
 
 
 def predict(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
-            schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE) -> pl.DataFrame:
+            schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE,
+            device: str | None = None) -> pl.DataFrame:
     """One score per row of ``data``: a file of ``source`` format (default: the model's), or a
     frame in the normalized layout of :mod:`tabbert.data.schema`. See the module docstring."""
-    return score_table(model_dir, data, source=source, schema=schema, batch_size=batch_size).scores
+    return score_table(model_dir, data, source=source, schema=schema, batch_size=batch_size, device=device).scores
 
 
 def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
-                schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE,
+                schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE, device: str | None = None,
                 progress: bool = False) -> Prediction:
     """:func:`predict` with the unseen-category counts, padding count and timings."""
     started = time.perf_counter()
-    model, tokenizer = load_finetuned(model_dir)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    run = load_run(model_dir, expect="classifier")
+    model, tokenizer = run.model.to(choose_device(device)), run.tokenizer
     loaded = time.perf_counter()
     frame, dropped = read_rows(data, tokenizer, source=source, schema=schema)
     read = time.perf_counter()
@@ -88,7 +86,8 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     }
     tokenized = time.perf_counter()
 
-    outputs = score_sorted_rows(model, tokens, entity_start, batch_size=batch_size, progress=progress)
+    outputs = score(model, len(tokens), padded_histories(tokens, entity_start, model.config.seq_len),
+                    batch_size=batch_size, progress=progress)
     scored = time.perf_counter()
 
     back = np.empty_like(order)
@@ -109,32 +108,6 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
                "model": scored - tokenized, "total": time.perf_counter() - started}
     return Prediction(scores, entities=int(first_of_entity.sum()), padded_rows=int(np.count_nonzero(history < seq_len)),
                       unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
-
-
-def score_sorted_rows(model: TabBertForSequenceClassification, tokens: np.ndarray, entity_start: np.ndarray, *,
-                      batch_size: int = PREDICT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
-    """Scores of the windows ending at every row of an entity-then-time ordered token matrix.
-
-    ``entity_start[i]`` is the first row of row ``i``'s entity; window rows before it are [PAD]
-    and masked. Windows are gathered batch by batch with index arithmetic.
-    """
-    seq_len = model.config.seq_len
-    offsets = np.arange(1 - seq_len, 1)
-    device = model.device
-    outputs = []
-    model.eval()
-    with torch.inference_mode():
-        for begin in tqdm(range(0, len(tokens), batch_size), desc="scoring", unit="batch", disable=not progress):
-            end = min(begin + batch_size, len(tokens))
-            rows = np.arange(begin, end)[:, None] + offsets
-            real = rows >= entity_start[begin:end, None]
-            ids = np.where(real[..., None], tokens[np.maximum(rows, 0)], PAD_ID).astype(np.int64)
-            mask = None if real.all() else torch.from_numpy(real).long().to(device)
-            logits = model(torch.from_numpy(ids).to(device), attention_mask=mask).logits
-            outputs.append(model.scores(logits).float().cpu())
-    if not outputs:
-        return np.empty(0, dtype=np.float32)
-    return torch.cat(outputs).numpy()
 
 
 def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,

@@ -12,7 +12,8 @@ number of threads. The run directory holds::
 
     model.txt            the booster, LightGBM's text format (regression: model-<target>.txt)
     features.json        feature names in column order, the categorical ones, the layout source
-    metrics.json         val and test figures, timings, feature count, top feature importances
+    metrics.json         options, training facts (timings, feature count, top feature importances),
+                         threshold, val and test figures (the layout is in the README)
     <split>_pr_curve.png, <split>_roc_curve.png   val and test curves (classification)
 
 A saved model reloads with ``lightgbm.Booster(model_file=".../model.txt")``; its input is the
@@ -35,46 +36,29 @@ from tabbert.baselines.features import WindowFeatures
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
-from tabbert.metrics import (
-    UndefinedMetricWarning,
-    best_f1_threshold,
-    classification_metrics,
-    regression_metrics,
-)
-from tabbert.plots import plot_pr_roc
+from tabbert.evaluation import split_report
+from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
+from tabbert.options import BaselineOptions
 
-LABEL_MODES = ("any", "last")
 TOP_FEATURES = 20
+THRESHOLD_SOURCE = "best F1 on val"
 
 
-def train_lightgbm(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    label: str = "any",
-    seed: int = 0,
-    rounds: int = 2000,
-    learning_rate: float = 0.05,
-    num_leaves: int = 31,
-    min_data_in_leaf: int = 20,
-    early_stopping: int = 100,
-    scale_pos_weight: float | str = 1.0,
-    threads: int | None = None,
-    plots: bool = True,
-) -> dict:
+def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineOptions | None = None,
+                   **settings) -> dict:
     """Fit LightGBM on the prepared dataset at ``data_dir``; write the run to ``out_dir``.
 
-    ``rounds`` is the most boosting rounds; training stops after ``early_stopping`` rounds
-    without a better validation score. ``scale_pos_weight`` weighs positive windows in the loss
-    (a number, or ``"balanced"`` for negatives / positives of the training windows). ``plots``
-    draws the PR and ROC curves. Returns the figures also written to ``metrics.json``.
+    ``options`` and ``settings`` (its fields by name) are :class:`~tabbert.options.BaselineOptions`
+    of kind ``lightgbm``: ``rounds`` is the most boosting rounds, and training stops after
+    ``early_stopping`` rounds without a better validation score; ``scale_pos_weight`` weighs
+    positive windows in the loss (a number, or ``"balanced"`` for negatives / positives of the
+    training windows); ``plots`` draws the PR and ROC curves. Returns the run's metrics, also
+    written to ``metrics.json``.
     """
-    if label not in LABEL_MODES:
-        raise TabbertError(f"label mode must be one of {LABEL_MODES}, got {label!r}")
-    if rounds < 1 or early_stopping < 1:
-        raise TabbertError(f"rounds and early stopping patience must be >= 1 (got {rounds}, {early_stopping})")
-    if isinstance(scale_pos_weight, str) and scale_pos_weight != "balanced":
-        raise TabbertError(f"scale_pos_weight must be a number or 'balanced', got {scale_pos_weight!r}")
+    options = BaselineOptions.create(options, **settings) if options else BaselineOptions.create(kind="lightgbm",
+                                                                                                 **settings)
+    if options.kind != "lightgbm":
+        raise TabbertError(f"train_lightgbm trains the lightgbm baseline, not {options.kind!r}")
     out = Path(out_dir)
     check_output_dir(out)
     data = PreparedDataset(data_dir)
@@ -88,68 +72,65 @@ def train_lightgbm(
     features = {split: layout.transform(data, starts[split]) for split in SPLITS}
     feature_seconds = time.perf_counter() - began
     n_windows = sum(s.size for s in starts.values())
+    params = _params(options)
+    out.mkdir(parents=True, exist_ok=True)
+    fit = _fit_classifier if data.task == "classification" else _fit_regressors
+    training, threshold, splits = fit(data, starts, features, layout, params, out, options)
+    metrics = {
+        "kind": "lightgbm",
+        "task": data.task,
+        "data": str(data.path),
+        "options": options.to_dict(),
+        "training": {
+            "windows": {split: int(starts[split].size) for split in SPLITS},
+            "features": {
+                "count": len(layout.names),
+                "categorical": len(layout.categorical),
+                "seconds": round(feature_seconds, 3),
+                "windows_per_second": round(n_windows / max(feature_seconds, 1e-9), 1),
+            },
+            "params": {**params, "rounds": options.rounds, "early_stopping": options.early_stopping},
+            **training,
+        },
+        "threshold": threshold,
+        "splits": splits,
+    }
+    _write_features(out / "features.json", layout, data)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
 
-    params = {
-        "learning_rate": learning_rate,
-        "num_leaves": num_leaves,
-        "min_data_in_leaf": min_data_in_leaf,
+
+def _params(options: BaselineOptions) -> dict:
+    """LightGBM's parameters, those of the options and the fixed ones."""
+    return {
+        "learning_rate": options.learning_rate,
+        "num_leaves": options.num_leaves,
+        "min_data_in_leaf": options.min_data_in_leaf,
         "bagging_fraction": 0.8,
         "bagging_freq": 1,
         "feature_fraction": 0.8,
         "lambda_l2": 1.0,
-        "seed": seed,
-        "num_threads": threads or os.cpu_count() or 1,
+        "seed": options.seed,
+        "num_threads": options.threads or os.cpu_count() or 1,
         "deterministic": True,
         "force_row_wise": True,
         "verbosity": -1,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    stopping = {"rounds": rounds, "early_stopping": early_stopping}
-    if data.task == "classification":
-        result = _fit_classifier(data, starts, features, layout, params, out, label=label,
-                                 scale_pos_weight=scale_pos_weight, plots=plots, **stopping)
-    else:
-        result = _fit_regressors(data, starts, features, layout, params, out, **stopping)
-    metrics = {
-        "model": "lightgbm",
-        "task": data.task,
-        "data": str(data.path),
-        "seed": seed,
-        "windows": {split: int(starts[split].size) for split in SPLITS},
-        "features": {
-            "count": len(layout.names),
-            "categorical": len(layout.categorical),
-            "seconds": round(feature_seconds, 3),
-            "windows_per_second": round(n_windows / max(feature_seconds, 1e-9), 1),
-        },
-        "params": {**params, **stopping},
-        **result,
-    }
-    write_json_atomic(out / "features.json", {
-        "names": layout.names,
-        "lightgbm_names": lightgbm_names(layout.names),
-        "categorical": layout.categorical,
-        "value_columns": list(layout.value_columns),
-        "seq_len": layout.seq_len,
-        "max_categories": layout.max_categories,
-        "tokenizer_fingerprint": data.tokenizer.fingerprint(),
-    })
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
 # Fitting
 
 
-def _fit_classifier(data, starts, features, layout, params, out, *, label, scale_pos_weight, plots, rounds,
-                    early_stopping) -> dict:
-    labels = {split: data.window_labels(starts[split], label) for split in SPLITS}
+def _fit_classifier(data, starts, features, layout, params, out, options) -> tuple[dict, float, dict]:
+    """Fit the window classifier; its training facts, threshold and validation and test figures."""
+    labels = {split: data.window_labels(starts[split], options.label_mode) for split in SPLITS}
     train = labels["train"]
     positives = int(train.sum())
     if positives in (0, train.size):
         raise TabbertError(f"{data.path}: the training windows hold one class only ({positives} positive of "
                            f"{train.size}); LightGBM cannot learn a classifier")
+    scale_pos_weight = options.scale_pos_weight
     if scale_pos_weight == "balanced":
         scale_pos_weight = (train.size - positives) / positives
     val_positives = int(labels["val"].sum())
@@ -159,26 +140,27 @@ def _fit_classifier(data, starts, features, layout, params, out, *, label, scale
         warnings.warn(f"the validation windows hold one class only ({val_positives} positive); early stopping "
                       "on log-loss instead of average precision", UndefinedMetricWarning, stacklevel=3)
     params = {**params, "objective": "binary", "metric": metric, "scale_pos_weight": float(scale_pos_weight)}
-    booster, seconds = _train(params, features, labels, layout, rounds, early_stopping)
-    scores = {split: booster.predict(features[split], num_iteration=booster.best_iteration) for split in ("val", "test")}
+    booster, seconds = _train(params, features, labels, layout, options)
+    scores = {split: booster.predict(features[split], num_iteration=booster.best_iteration)
+              for split in ("val", "test")}
     threshold = best_f1_threshold(labels["val"], scores["val"])
-    results = {split: classification_metrics(labels[split], scores[split], threshold, split=split) for split in scores}
+    splits = {split: split_report(labels[split], scores[split], task="classification", split=split,
+                                  data_path=data.path, run_dir=out, threshold=threshold,
+                                  threshold_source=THRESHOLD_SOURCE, plots=options.plots) for split in scores}
     _save_booster(booster, out / "model.txt")
-    curves = [path for split in scores if plots for path in plot_pr_roc(labels[split], scores[split], out / f"{split}_")]
-    return {
-        "label_mode": label,
+    training = {
         "train_seconds": seconds,
         "early_stopping_metric": metric,
         "scale_pos_weight": float(scale_pos_weight),
         "best_iteration": booster.best_iteration,
-        "threshold": threshold,
-        **results,
         "feature_importance": _top_features([booster], layout.names),
-        "files": ["model.txt", "features.json", *(path.name for path in curves)],
+        "files": ["model.txt", "features.json", *(name for split in splits.values() for name in split["plots"])],
     }
+    return training, threshold, splits
 
 
-def _fit_regressors(data, starts, features, layout, params, out, *, rounds, early_stopping) -> dict:
+def _fit_regressors(data, starts, features, layout, params, out, options) -> tuple[dict, None, dict]:
+    """Fit one model per target of the window's last row; their training facts and validation and test figures."""
     names = list(data.meta["labels"])
     targets = {split: data.window_targets(starts[split], "last") for split in SPLITS}
     predictions = {split: np.empty(targets[split].shape, dtype=np.float64) for split in ("val", "test")}
@@ -186,7 +168,7 @@ def _fit_regressors(data, starts, features, layout, params, out, *, rounds, earl
     boosters, best, files, seconds = [], {}, [], 0.0
     for j, name in enumerate(names):
         columns = {split: np.ascontiguousarray(t[:, j]) for split, t in targets.items()}
-        booster, fit_seconds = _train(params, features, columns, layout, rounds, early_stopping)
+        booster, fit_seconds = _train(params, features, columns, layout, options)
         for split in predictions:
             predictions[split][:, j] = booster.predict(features[split], num_iteration=booster.best_iteration)
         file = f"model-{_safe_name(name)}.txt"
@@ -195,31 +177,47 @@ def _fit_regressors(data, starts, features, layout, params, out, *, rounds, earl
         best[name] = booster.best_iteration
         files.append(file)
         seconds += fit_seconds
-    return {
+    splits = {split: split_report(targets[split], predictions[split], task="regression", split=split,
+                                  data_path=data.path, run_dir=out, target_names=names) for split in predictions}
+    training = {
         "targets": names,
         "train_seconds": round(seconds, 3),
         "best_iteration": best,
-        **{split: regression_metrics(targets[split], predictions[split], names) for split in predictions},
         "feature_importance": _top_features(boosters, layout.names),
         "files": [*files, "features.json"],
     }
+    return training, None, splits
 
 
-def _train(params: dict, features: dict, targets: dict, layout: WindowFeatures, rounds: int,
-           early_stopping: int) -> tuple[lgb.Booster, float]:
+def _train(params: dict, features: dict, targets: dict, layout: WindowFeatures,
+           options: BaselineOptions) -> tuple[lgb.Booster, float]:
     """Boost on train, stop early on val; the booster and the seconds it took."""
     began = time.perf_counter()
     names = lightgbm_names(layout.names)
     train = lgb.Dataset(features["train"], targets["train"], feature_name=names,
                         categorical_feature=layout.categorical, params={"verbosity": -1})
     val = lgb.Dataset(features["val"], targets["val"], reference=train)
-    booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[val], valid_names=["val"],
-                        callbacks=[lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)])
+    stopping = lgb.early_stopping(options.early_stopping, first_metric_only=True, verbose=False)
+    booster = lgb.train(params, train, num_boost_round=options.rounds, valid_sets=[val], valid_names=["val"],
+                        callbacks=[stopping])
     return booster, round(time.perf_counter() - began, 3)
 
 
 # ---------------------------------------------------------------------------------------------
 # Artifacts
+
+
+def _write_features(path: Path, layout: WindowFeatures, data: PreparedDataset) -> None:
+    """``features.json``: the feature names in column order, the categorical ones, and the layout's source."""
+    write_json_atomic(path, {
+        "names": layout.names,
+        "lightgbm_names": lightgbm_names(layout.names),
+        "categorical": layout.categorical,
+        "value_columns": list(layout.value_columns),
+        "seq_len": layout.seq_len,
+        "max_categories": layout.max_categories,
+        "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+    })
 
 
 def lightgbm_names(names: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ Example::
 Classification: F1, precision and recall at the threshold chosen on the validation split (best
 F1), ROC-AUC, PR-AUC, recall at 1 % false-positive rate, the confusion matrix, and PR and ROC
 curves as PNG in the run directory. Regression: RMSE and MAE per target, in their own units.
-Every figure is merged into the run's ``metrics.json`` under ``"evaluate"``.
+Every figure is merged into the run's ``metrics.json`` under ``"splits"``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "val", "test"), default="test",
                         help="split to score (default test)")
     parser.add_argument("--batch-size", type=int, default=256, help="windows per batch (default 256)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tabbert.training.evaluate import evaluate, run_paths
+    from tabbert.evaluation import evaluate
+    from tabbert.runs import run_paths
 
-    result = evaluate(args.model, args.data, args.split, batch_size=args.batch_size)
+    result = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, device=args.device)
     print(summary(result))
     run_dir, _ = run_paths(args.model)
     written = ", ".join(result.get("plots", [])) or "no curves"

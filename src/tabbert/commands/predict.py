@@ -18,20 +18,22 @@ from tabbert.reporting import format_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from tabbert.options import SOURCES
+
     parser.add_argument("--model", required=True, help="fine-tuning run directory, or its model/ subdirectory")
     parser.add_argument("--input", required=True, help="raw rows to score: CSV, .csv.gz or Parquet (a folder for prsa)")
     parser.add_argument("--out", required=True, help="output CSV file")
-    parser.add_argument("--source", choices=("card", "prsa", "generic"),
-                        help="input format (default: the format the model was trained on)")
+    parser.add_argument("--source", choices=SOURCES, help="input format (default: the format the model was trained on)")
     parser.add_argument("--schema", help="schema file for --source generic")
     parser.add_argument("--batch-size", type=int, default=512, help="windows per batch (default 512)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tabbert.inference import score_table, write_scores
 
     prediction = score_table(args.model, args.input, source=args.source, schema=args.schema,
-                             batch_size=args.batch_size, progress=True)
+                             batch_size=args.batch_size, device=args.device, progress=True)
     write_scores(prediction.scores, args.out)
     print(summary(prediction))
     print(f"scores written to {args.out}")

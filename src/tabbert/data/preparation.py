@@ -37,6 +37,7 @@ from tabbert.data.windows import (
     window_starts,
 )
 from tabbert.errors import DataError, TabbertError
+from tabbert.options import PrepareOptions
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 KEY_LIMIT = 2**62  # the entity-then-time sort key (entity rank x time span + time) stays below this
@@ -69,40 +70,33 @@ def _lowest_priority() -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-def prepare(
-    source: str,
-    input: str | Path,
-    out: str | Path,
-    *,
-    schema: str | Path | None = None,
-    seq_len: int = 10,
-    stride: int = 5,
-    split: str = "entity",
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-    cutoffs: tuple[str, str] | None = None,
-    seed: int = 0,
-    **reader_options,
-) -> PreparedDataset:
+def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOptions | None = None,
+            **settings) -> PreparedDataset:
     """Read ``input`` with the ``source`` reader and write the prepared dataset to ``out``.
 
-    ``split`` is ``entity`` (default: each entity's windows in one split, no leakage), ``time``
-    (by the time of a window's newest row; ``cutoffs`` are the ISO dates where validation and
-    test begin, else row-time quantiles of ``fractions``) or ``random`` (the reference protocol:
-    windows shuffled into splits; overlapping windows of one entity leak across splits).
+    ``options`` and ``settings`` (its fields by name: ``seq_len``, ``stride``, ``split``,
+    ``fractions``, ``cutoffs``, ``seed``, ``schema``, ``keep_missing``, ``time_features``) are
+    :class:`~tabbert.options.PrepareOptions`. ``split`` is ``entity`` (default: each entity's
+    windows in one split, no leakage), ``time`` (by the time of a window's newest row;
+    ``cutoffs`` are the ISO dates where validation and test begin, else row-time quantiles of
+    ``fractions``) or ``random`` (the reference protocol: windows shuffled into splits;
+    overlapping windows of one entity leak across splits).
     """
-    _check_options(out, seq_len, stride, split, fractions)
+    options = PrepareOptions.create(options, source=source, **settings)
+    check_output_dir(Path(out))
     if not Path(input).exists():
         raise DataError(input, "input not found")
     started = time.perf_counter()
     # the input is hashed beside the reading, on the time the reader leaves a core idle
     with ThreadPoolExecutor(max_workers=1, initializer=_lowest_priority) as pool:
         digest = pool.submit(source_digest, input)
-        table = read_source(source, input, schema=schema, **reader_options)
+        table = read_source(source, input, schema=options.schema, **options.reader_options())
         read_seconds = round(time.perf_counter() - started, 3)
         source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": read_seconds}
         return prepare_table(
-            table, out, seq_len=seq_len, stride=stride, split=split, fractions=fractions, cutoffs=cutoffs,
-            seed=seed, source_info=source_info, digest=digest, started=started,
+            table, out, seq_len=options.seq_len, stride=options.stride, split=options.split,
+            fractions=options.fractions, cutoffs=options.cutoffs, seed=options.seed, source_info=source_info,
+            digest=digest, started=started,
         )
 
 

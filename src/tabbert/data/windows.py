@@ -15,6 +15,8 @@ from tabbert.errors import TabbertError
 
 SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("entity", "time", "random")
+LABEL_MODES = ("any", "last")  # a window is positive when any of its rows is, or when its last row is
+TARGET_MODES = ("last", "all")  # a window's regression targets: its last row's, or every row's
 
 
 def window_starts(entity_offsets: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +50,7 @@ def window_labels(row_labels: np.ndarray, starts: np.ndarray, seq_len: int, mode
         before_start = np.searchsorted(positive_rows, starts)
         before_end = np.searchsorted(positive_rows, starts + seq_len)
         return (before_end > before_start).astype(np.int64)
-    raise TabbertError(f"label mode must be 'any' or 'last', got {mode!r}")
+    raise TabbertError(f"label mode must be one of {LABEL_MODES}, got {mode!r}")
 
 
 def window_targets(row_targets: np.ndarray, starts: np.ndarray, seq_len: int, mode: str = "last") -> np.ndarray:
@@ -58,7 +60,7 @@ def window_targets(row_targets: np.ndarray, starts: np.ndarray, seq_len: int, mo
         return np.asarray(row_targets)[starts + seq_len - 1]
     if mode == "all":
         return np.asarray(row_targets)[starts[:, None] + np.arange(seq_len)]
-    raise TabbertError(f"target mode must be 'last' or 'all', got {mode!r}")
+    raise TabbertError(f"target mode must be one of {TARGET_MODES}, got {mode!r}")
 
 
 def split_fractions(fractions: tuple[float, float, float]) -> np.ndarray:

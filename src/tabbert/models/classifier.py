@@ -1,29 +1,33 @@
-"""TabBERT for window-level tasks: fraud classification and regression.
+"""Window-level tasks: fraud classification and regression, from one encoder vector per row.
 
-:class:`TabBertForSequenceClassification` puts a head (:mod:`tabbert.models.heads`) on one of two
-encoders, both returning one vector per row:
+A downstream model is an encoder that gives one vector per row ``[batch, rows, hidden]`` and a
+head on those vectors. Both heads take the window's ``attention_mask`` ``[batch, rows]`` (1 for
+a real row, 0 for a padding row) so that padding never reaches the output:
 
-* ``pretrained``: the :class:`~tabbert.models.tabbert.TabBertModel` of a pre-training run, frozen
-  by default. A frozen encoder has ``requires_grad`` off *and* stays in eval mode while the
-  model trains, so its dropout never fires;
-* ``raw``: the paper's "raw" baselines, trained from scratch: one learned embedding per field
-  token, the row's embeddings concatenated and projected to ``hidden_size``.
+* :class:`LSTMHead`, the reference recipe: an LSTM runs over the real rows, oldest first, and
+  a linear layer reads its state after the newest real row;
+* :class:`MLPHead`: the mean of the real rows' vectors through a two-layer perceptron.
+
+:class:`SequenceHeadModel` holds what every downstream model shares: the head, the losses and
+the scores. :class:`TabBertForSequenceClassification` puts the head on the
+:class:`~tabbert.models.tabbert.TabBertModel` of a pre-training run, frozen by default (a frozen
+encoder has ``requires_grad`` off *and* stays in eval mode while the model trains, so its dropout
+never fires). The paper's "raw" baselines are
+:class:`~tabbert.models.raw.RawFieldsForSequenceClassification`.
 
 Losses (``config.loss``): classification ``ce`` (cross-entropy over two classes, optionally
 class-weighted) or ``rmse`` (the reference's: root mean squared error between the softmax
 probabilities and the one-hot label); regression ``mse`` or ``rmse`` on targets standardized
 with the training split's mean and standard deviation, which the configuration keeps, so
-:meth:`TabBertForSequenceClassification.scores` returns predictions in the targets' own units.
+:meth:`SequenceHeadModel.scores` returns predictions in the targets' own units.
 
 A fine-tuned directory holds ``config.json`` (the encoder's configuration plus the head's),
-``model.safetensors`` and ``tokenizer.json``: write it with :func:`save_classifier`, read it
-with :func:`load_classifier`, which turns a missing, corrupt or foreign checkpoint into an
-:class:`~tabbert.errors.ArtifactError`.
+``model.safetensors`` and ``tokenizer.json``: :func:`save_classifier` writes it and
+:func:`tabbert.runs.load_run` reads it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -34,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 from transformers import AutoConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as transformers_logging
@@ -41,17 +46,66 @@ from transformers.utils import logging as transformers_logging
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError
 from tabbert.models.configuration import TabBertConfig
-from tabbert.models.heads import HEADS
-from tabbert.models.tabbert import (
-    TabBertModel,
-    TabBertModelOutput,
-    TabBertPreTrainedModel,
-)
+from tabbert.models.tabbert import TabBertModel, TabBertPreTrainedModel
+from tabbert.options import ENCODERS, LOSSES, TASKS
 
-ENCODERS = ("pretrained", "raw")
-TASKS = ("classification", "regression")
-LOSSES = {"classification": ("ce", "rmse"), "regression": ("mse", "rmse")}
 _NOT_INHERITED = ("model_type", "transformers_version", "architectures", "_name_or_path")
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+
+def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real rows: ``states [B, L, H]``, ``attention_mask [B, L]`` → ``[B, H]``."""
+    if attention_mask is None:
+        return states.mean(dim=1)
+    weights = attention_mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class LSTMHead(nn.Module):
+    """An LSTM (hidden → hidden) over the rows and a linear layer on its last real row."""
+
+    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1):
+        super().__init__()
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden, num_outputs)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None or bool(attention_mask.all()):
+            _, (last_state, _) = self.lstm(states)
+        else:
+            # move each window's real rows to the front, in their order, and let packing skip the rest
+            real = attention_mask.bool()
+            order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+            states = states.gather(1, order.unsqueeze(-1).expand_as(states))
+            lengths = real.sum(dim=1).clamp(min=1).cpu()
+            packed = pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
+            _, (last_state, _) = self.lstm(packed)
+        return self.output(self.dropout(last_state[-1]))
+
+
+class MLPHead(nn.Module):
+    """A two-layer perceptron on the mean of the real rows' vectors."""
+
+    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden, num_outputs)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = masked_mean(states, attention_mask)
+        return self.output(self.dropout(self.activation(self.dense(pooled))))
+
+
+# the names are tabbert.options.HEADS, which the command line offers
+HEADS: dict[str, type[nn.Module]] = {"lstm": LSTMHead, "mlp": MLPHead}
+
+
+# ---------------------------------------------------------------------------------------------- models
 
 
 class TabBertClassifierConfig(TabBertConfig):
@@ -138,47 +192,31 @@ class TabBertClassifierConfig(TabBertConfig):
                 raise ValueError(f"num_outputs ({self.num_outputs}) must be a multiple of {n_targets} targets")
 
 
-class RawFieldEncoder(nn.Module):
-    """Field tokens → learned embeddings (``field_hidden`` each) → concatenated per row → ``hidden_size``."""
-
-    def __init__(self, config: TabBertConfig):
-        super().__init__()
-        self.field_embeddings = nn.Embedding(config.vocab_size, config.field_hidden, padding_idx=config.pad_token_id)
-        self.row_projection = nn.Linear(config.n_fields * config.field_hidden, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> TabBertModelOutput:
-        rows = self.field_embeddings(input_ids).flatten(start_dim=2)
-        return TabBertModelOutput(last_hidden_state=self.dropout(self.row_projection(rows)))
-
-
-class TabBertForSequenceClassification(TabBertPreTrainedModel):
-    """An encoder (pre-trained TabBERT or raw field embeddings) and an LSTM or MLP head.
+class SequenceHeadModel(TabBertPreTrainedModel):
+    """An encoder that gives one vector per row, and an LSTM or MLP head on those vectors.
 
     ``forward(input_ids [B, L, F], attention_mask [B, L], labels)`` returns the head's ``logits``
     and, with ``labels`` (class ids ``[B]``, or targets ``[B, T]`` / ``[B, L, T]`` in their own
-    units), the training ``loss``.
+    units), the training ``loss``. A subclass names its ``encoder_kind`` and builds its encoder.
     """
 
     config_class = TabBertClassifierConfig
     base_model_prefix = "encoder"
+    encoder_kind = ""
 
     def __init__(self, config: TabBertClassifierConfig):
         super().__init__(config)
-        self.encoder = RawFieldEncoder(config) if config.encoder_kind == "raw" else TabBertModel(config)
+        if config.encoder_kind != self.encoder_kind:
+            raise ValueError(f"{type(self).__name__} has a {self.encoder_kind} encoder, not {config.encoder_kind}")
+        self.encoder = self.build_encoder(config)
         self.head = HEADS[config.head](config.hidden_size, config.num_outputs, config.head_dropout)
         self.post_init()
         self.encoder.requires_grad_(not config.freeze_encoder)
 
-    @classmethod
-    def from_encoder(cls, encoder: TabBertModel, **settings) -> TabBertForSequenceClassification:
-        """A new model around the weights of a pre-trained ``encoder``."""
-        config = TabBertClassifierConfig.from_encoder_config(encoder.config, encoder_kind="pretrained", **settings)
-        model = cls(config)
-        model.encoder.load_state_dict(encoder.state_dict())
-        return model
+    def build_encoder(self, config: TabBertClassifierConfig) -> nn.Module:
+        raise NotImplementedError
 
-    def train(self, mode: bool = True) -> TabBertForSequenceClassification:
+    def train(self, mode: bool = True) -> SequenceHeadModel:
         """Switch the head (and an unfrozen encoder) to ``mode``; a frozen encoder stays in eval mode."""
         super().train(mode)
         if self.config.freeze_encoder:
@@ -229,8 +267,28 @@ class TabBertForSequenceClassification(TabBertPreTrainedModel):
         return torch.tensor(values, dtype=torch.float32, device=like.device)
 
 
+class TabBertForSequenceClassification(SequenceHeadModel):
+    """A head on a pre-trained TabBERT encoder (frozen unless ``freeze_encoder=False``)."""
+
+    encoder_kind = "pretrained"
+
+    def build_encoder(self, config: TabBertClassifierConfig) -> TabBertModel:
+        return TabBertModel(config)
+
+    @classmethod
+    def from_encoder(cls, encoder: TabBertModel, **settings) -> TabBertForSequenceClassification:
+        """A new model around the weights of a pre-trained ``encoder``."""
+        config = TabBertClassifierConfig.from_encoder_config(encoder.config, encoder_kind=cls.encoder_kind, **settings)
+        model = cls(config)
+        model.encoder.load_state_dict(encoder.state_dict())
+        return model
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
 @contextmanager
-def _without_transformers_progress() -> Iterator[None]:
+def without_progress_bars() -> Iterator[None]:
     """Silence the per-file progress bars transformers draws while saving and loading weights."""
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
@@ -241,7 +299,7 @@ def _without_transformers_progress() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def save_classifier(model: TabBertForSequenceClassification, tokenizer: TabularTokenizer, path: str | Path) -> Path:
+def save_classifier(model: SequenceHeadModel, tokenizer: TabularTokenizer, path: str | Path) -> Path:
     """Write config.json, model.safetensors and tokenizer.json to the new directory ``path``, atomically."""
     path = Path(path)
     if path.exists():
@@ -249,7 +307,7 @@ def save_classifier(model: TabBertForSequenceClassification, tokenizer: TabularT
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
-        with _without_transformers_progress():
+        with without_progress_bars():
             model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
         os.rename(staging, path)
@@ -257,53 +315,6 @@ def save_classifier(model: TabBertForSequenceClassification, tokenizer: TabularT
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
-
-
-def load_encoder(path: str | Path) -> TabBertModel:
-    """The TabBERT encoder of a pre-training run (``RUN`` or ``RUN/model``)."""
-    return _load(TabBertModel, _model_dir(path), TabBertConfig.model_type, "pre-trained TabBERT")
-
-
-def load_classifier(path: str | Path) -> TabBertForSequenceClassification:
-    """A fine-tuned model (``RUN`` or ``RUN/model``), in eval mode."""
-    model = _load(TabBertForSequenceClassification, _model_dir(path), TabBertClassifierConfig.model_type, "fine-tuned")
-    return model.eval()
-
-
-def _model_dir(path: str | Path) -> Path:
-    """``path`` itself when it holds config.json, else its ``model/`` subdirectory."""
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such model directory")
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return path / "model"
-    return path
-
-
-def _load(model_class, path: Path, model_type: str, what: str):
-    config_file, weights_file = path / "config.json", path / "model.safetensors"
-    if not config_file.is_file():
-        raise ArtifactError(f"{path}: not a model directory (no config.json)")
-    try:
-        found = json.loads(config_file.read_text()).get("model_type")
-    except (ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{config_file}: unreadable ({exc})") from exc
-    if found != model_type:
-        raise ArtifactError(f"{path}: holds a {found!r} model, not a {what} model ({model_type!r})")
-    if not weights_file.is_file():
-        raise ArtifactError(f"{weights_file}: missing")
-    try:
-        with _without_transformers_progress():
-            model, info = model_class.from_pretrained(path, output_loading_info=True)
-    except Exception as exc:  # safetensors, torch and transformers each raise their own types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(
-            f"{path}: cannot load the {what} model, the files are corrupt or incomplete ({reason})"
-        ) from exc
-    broken = sorted(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
-    if broken:
-        raise ArtifactError(f"{weights_file}: weights do not match config.json (missing or mis-shaped: {broken[:5]})")
-    return model
 
 
 AutoConfig.register(TabBertClassifierConfig.model_type, TabBertClassifierConfig, exist_ok=True)

@@ -26,31 +26,17 @@ narrow ones. Every value can be overridden::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from transformers import PretrainedConfig
 
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.models.sizes import MODEL_SIZES
 
 if TYPE_CHECKING:
     from tabbert.data.tokenizer import TabularTokenizer
 
 N_SPECIAL_TOKENS = 5
-
-MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        field_hidden=8, field_num_heads=2, hidden_size=32,
-        num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    ),
-    "small": dict(
-        field_hidden=32, field_num_heads=2, hidden_size=256,
-        num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-    ),
-    "paper": dict(
-        field_hidden=64, field_num_heads=8, hidden_size=None,
-        num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    ),
-}
 
 
 class TabBertConfig(PretrainedConfig):

@@ -1,5 +1,8 @@
 """Supervised fine-tuning: a head on a pre-trained TabBERT encoder, or the raw-field baselines.
 
+:func:`finetune` runs five steps: build the model, train it with early stopping, choose the
+decision threshold, save it, evaluate it (the model in memory) on the validation and test splits.
+
 Training
 --------
 AdamW (no weight decay on biases and norm weights), a cosine schedule after a linear warm-up,
@@ -16,22 +19,22 @@ Rare positives: ``imbalance="upsample"`` (the default for classification, as in 
 repeats positive training windows every epoch until they make ``upsample_ratio`` of it;
 ``"weights"`` weighs the loss by inverse class frequency; ``"none"`` leaves the data alone.
 
-Labels: ``label="any"`` (a window is positive when any of its rows is: the paper) or ``"last"``
-(the newest row's label: score a transaction from its history, as ``tabbert predict`` does).
-Regression targets: the last row's (``target="last"``) or every row's (``"all"``), standardized
-with the training windows' mean and standard deviation; reported in their own units.
+Labels: ``label_mode="any"`` (a window is positive when any of its rows is: the paper) or
+``"last"`` (the newest row's label: score a transaction from its history, as ``tabbert predict``
+does). Regression targets: the last row's (``target_mode="last"``) or every row's (``"all"``),
+standardized with the training windows' mean and standard deviation; reported in their own units.
 
 Run directory
 -------------
 ``model/``               config.json, model.safetensors, tokenizer.json (written atomically)
-``metrics.json``         options, per-epoch validation figures, best epoch, seconds, test figures
+``metrics.json``         options, training (per-epoch validation figures, best epoch, seconds), threshold,
+                         validation and test figures (the layout is in the README)
 ``training_curve.png``   training and validation loss against the optimizer step
-``test_pr_curve.png``, ``test_roc_curve.png``   classification curves on the test split
+``val_pr_curve.png``, ``test_roc_curve.png``, ...   classification curves of both splits
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -45,33 +48,23 @@ from transformers import get_cosine_schedule_with_warmup
 
 from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
-from tabbert.errors import ArtifactError, TabbertError
+from tabbert.errors import TabbertError
+from tabbert.evaluation import EVAL_BATCH_SIZE, evaluate_model, figures, validation_threshold, window_truth
 from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
-from tabbert.models.classifier import (
-    ENCODERS,
-    LOSSES,
-    TabBertClassifierConfig,
-    TabBertForSequenceClassification,
-    load_encoder,
-    save_classifier,
-)
-from tabbert.models.configuration import TabBertConfig
-from tabbert.models.heads import HEADS
+from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClassification, save_classifier
+from tabbert.models.raw import RawFieldsForSequenceClassification
+from tabbert.options import CLASSIFICATION_METRICS, FinetuneOptions
 from tabbert.plots import plot_loss_curves
-from tabbert.training.evaluate import (
-    EVAL_BATCH_SIZE,
-    evaluate,
-    figures,
-    window_logits,
-    window_truth,
+from tabbert.runs import (
+    check_compatible,
+    choose_device,
+    classifier_logits,
+    forward_windows,
+    load_run,
+    prepared_windows,
 )
 
 FROZEN_CACHE_BYTES = 4 << 30
-
-IMBALANCE = ("upsample", "weights", "none")
-LABEL_MODES = ("any", "last")
-TARGET_MODES = ("last", "all")
-HIGHER_IS_BETTER = ("pr_auc", "roc_auc", "f1", "precision", "recall", "recall_at_1pct_fpr")
 
 
 @dataclass
@@ -84,157 +77,95 @@ class WindowSplit:
     states: torch.Tensor | None = None  # the frozen encoder's outputs, when cached
 
     @classmethod
-    def read(cls, data: PreparedDataset, name: str, task: str, label: str, target: str) -> WindowSplit:
+    def read(cls, data: PreparedDataset, name: str, options: FinetuneOptions) -> WindowSplit:
         starts = data.windows(name)
         if starts.size == 0:
             raise TabbertError(f"{data.path}: the {name} split has no windows; prepare with other fractions")
-        return cls(name, starts, window_truth(data, starts, task, label_mode=label, target_mode=target))
+        truth = window_truth(data, starts, options.task, label_mode=options.label_mode,
+                             target_mode=options.target_mode)
+        return cls(name, starts, truth)
 
 
-def finetune(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    pretrained: str | Path | None = None,
-    encoder: str = "pretrained",
-    head: str = "lstm",
-    task: str | None = None,
-    size: str = "small",
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    encoder_lr: float = 5e-5,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.1,
-    grad_accum: int = 1,
-    patience: int = 3,
-    metric: str | None = None,
-    loss: str | None = None,
-    imbalance: str | None = None,
-    upsample_ratio: float = 0.5,
-    unfreeze: bool = False,
-    label: str = "any",
-    target: str = "last",
-    max_grad_norm: float = 1.0,
-    device: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
+def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions | None = None, *,
+             progress: bool = True, **settings) -> dict:
     """Fine-tune on the prepared dataset ``data_dir`` and write the run to ``out_dir``.
 
-    ``pretrained`` is a pre-training run (``RUN`` or ``RUN/model``), required with
-    ``encoder="pretrained"``; ``size`` (tiny, small, paper) shapes the ``raw`` encoder. ``task``
-    defaults to the dataset's; ``loss`` to ``ce`` (classification) or ``mse`` (regression);
-    ``imbalance`` to ``upsample`` (classification) or ``none``. Returns the run's metrics,
-    test figures included.
+    ``options`` and ``settings`` (its fields by name, e.g. ``pretrained="runs/pre"``,
+    ``head="mlp"``, ``epochs=3``) are :class:`~tabbert.options.FinetuneOptions`. Returns the
+    run's metrics, validation and test figures included.
     """
     started = time.perf_counter()
-    if epochs != int(epochs):
-        raise TabbertError(f"epochs must be a whole number, got {epochs}")
-    epochs = int(epochs)
     data = PreparedDataset(data_dir)
-    task = task or data.task
-    if task != data.task:
-        raise TabbertError(f"{data.path}: a {data.task} dataset cannot be fine-tuned for {task}")
-    loss = loss or LOSSES[task][0]
-    imbalance = imbalance or ("upsample" if task == "classification" else "none")
-    metric = metric or ("pr_auc" if task == "classification" else "rmse")
-    options = dict(
-        encoder=encoder, pretrained=None if pretrained is None else str(pretrained), head=head, task=task,
-        size=size if encoder == "raw" else None, epochs=epochs, batch_size=batch_size, lr=lr,
-        encoder_lr=encoder_lr if unfreeze and encoder == "pretrained" else None, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, grad_accum=grad_accum, patience=patience, metric=metric, loss=loss,
-        imbalance=imbalance, upsample_ratio=upsample_ratio if imbalance == "upsample" else None, unfreeze=unfreeze,
-        label=label if task == "classification" else None, target=target if task == "regression" else None,
-        max_grad_norm=max_grad_norm, seed=seed,
-    )
-    _check_options(data, options)
+    options = FinetuneOptions.create(options, **settings).for_task(data.task, tuple(data.meta["labels"]))
     out = Path(out_dir)
     check_output_dir(out)
+    train, val = WindowSplit.read(data, "train", options), WindowSplit.read(data, "val", options)
+    if options.task == "classification" and train.truth.sum() == 0:
+        raise TabbertError(f"{data.path}: the training split has no positive windows "
+                           f"(label mode {options.label_mode!r})")
+    device = choose_device(options.device)
 
-    train = WindowSplit.read(data, "train", task, label, target)
-    val = WindowSplit.read(data, "val", task, label, target)
-    if task == "classification" and train.truth.sum() == 0:
-        raise TabbertError(f"{data.path}: the training split has no positive windows (label {label!r})")
-    if task == "classification" and metric != "loss" and val.truth.sum() == 0:
-        warnings.warn(f"the validation split has no positives: {metric} is undefined, keeping the epoch with the "
-                      "lowest validation loss instead", UndefinedMetricWarning, stacklevel=2)
-        metric = "loss"
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model(data, train, encoder=encoder, pretrained=pretrained, size=size, head=head, task=task,
-                        loss=loss, imbalance=imbalance, label=label, target=target, unfreeze=unfreeze)
-    run_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(run_device)
-    for split in (train, val):
-        cache_encoder_outputs(model, data, split, progress=progress)
-    order = training_order(train.truth, task, imbalance, upsample_ratio, rng)
-    steps_per_epoch = math.ceil(math.ceil(len(order) / batch_size) / grad_accum)
-    optimization = Optimization.create(
-        model, lr=lr, encoder_lr=lr if encoder == "raw" else encoder_lr, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, total_steps=steps_per_epoch * epochs, grad_accum=grad_accum,
-        max_grad_norm=max_grad_norm, logging_steps=max(1, steps_per_epoch // 10),
-    )
-
-    history: list[dict] = []
-    best = None
-    for epoch in range(1, epochs + 1):
-        epoch_started = time.perf_counter()
-        if epoch > 1:
-            order = training_order(train.truth, task, imbalance, upsample_ratio, rng)
-        train_loss = train_epoch(model, data, train, order, optimization, batch_size=batch_size, epoch=epoch,
-                                 progress=progress, description=f"epoch {epoch}/{epochs}")
-        val_loss, scores = validate(model, data, val)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UndefinedMetricWarning)
-            val_figures = figures(model.config, val.truth, scores, split="val")
-        optimization.log_history.append({"step": optimization.step, "epoch": epoch, "eval_loss": val_loss})
-        history.append({"epoch": epoch, "step": optimization.step, "train_loss": train_loss, "val_loss": val_loss,
-                        **{k: v for k, v in val_figures.items() if k not in ("n", "positives")},
-                        "seconds": round(time.perf_counter() - epoch_started, 3)})
-        value = val_loss if metric == "loss" else val_figures[metric]
-        if best is None or _better(value, best.value, metric):
-            best = BestEpoch.capture(model, epoch, value, scores)
-        if progress:
-            tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val {metric} {value:.4f}"
-                       + (" (best)" if best.epoch == epoch else ""))
-        if epoch - best.epoch >= patience:
-            break
+    torch.manual_seed(options.seed)
+    model = build_model(data, train, options).to(device)
+    training = train_with_early_stopping(model, data, train, val, options, progress=progress)
     train_seconds = time.perf_counter() - started
-
-    model.load_state_dict(best.state)
-    if task == "classification" and val.truth.sum() > 0:
-        model.config.threshold = best_f1_threshold(val.truth, best.scores)
+    model.load_state_dict(training.best.state)
+    model.config.threshold = choose_threshold(options, val.truth, training.best.scores)
     save_classifier(model.to("cpu"), data.tokenizer, out / "model")
-    parameters = list(model.parameters())
+    model.to(device)
+    splits = evaluate_in_memory(model, data, out, val_scores=training.best.scores)
+
     metrics = {
-        "task": task,
+        "kind": "finetune",
+        "task": options.task,
         "data": str(data.path),
-        "options": options,
-        "device": str(run_device),
-        "parameters": {"total": sum(p.numel() for p in parameters),
-                       "trainable": sum(p.numel() for p in parameters if p.requires_grad)},
-        "windows": {"train": int(train.starts.size), "train_per_epoch": int(order.size), "val": int(val.starts.size)},
-        "epochs": history,
-        "log_history": optimization.log_history,
-        "metric": metric,
-        "best_epoch": best.epoch,
-        "best_value": best.value,
-        "stopped_early": len(history) < epochs,
+        "options": options.to_dict(),
+        "training": training.report(model, device, train, val, train_seconds),
         "threshold": model.config.threshold,
-        "train_seconds": round(train_seconds, 3),
+        "splits": splits,
     }
-    if task == "classification":
-        metrics["windows"].update(train_positive=int(train.truth.sum()), val_positive=int(val.truth.sum()))
     write_json_atomic(out / "metrics.json", metrics)
-    plot_loss_curves(optimization.log_history, out / "training_curve.png",
-                     title=f"fine-tuning ({encoder} encoder, {head} head)")
-    if data.meta["windows"]["test"]:
-        evaluate(out, data.path)
+    plot_loss_curves(training.optimization.log_history, out / "training_curve.png",
+                     title=f"fine-tuning ({options.encoder} encoder, {options.head} head)")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- step 1: the model
+
+
+def build_model(data: PreparedDataset, train: WindowSplit, options: FinetuneOptions) -> SequenceHeadModel:
+    """A new model for ``data``: a head on the pre-trained encoder, or on raw field embeddings."""
+    tokenizer = data.tokenizer
+    settings = dict(head=options.head, task=options.task, loss=options.loss, label_mode=options.label_mode or "any",
+                    target_mode=options.target_mode or "last")
+    if options.task == "classification":
+        weights = _class_weights(train.truth) if options.imbalance == "weights" else None
+        settings.update(num_outputs=2, class_weights=weights)
     else:
-        warnings.warn(f"{data.path}: the test split has no windows; no test figures", stacklevel=2)
-    return json.loads((out / "metrics.json").read_text())
+        names = list(data.meta["labels"])
+        values = train.truth.reshape(-1, len(names)).astype(np.float64)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise TabbertError(f"{data.path}: the training targets hold missing or infinite values")
+        settings.update(num_outputs=train.truth[0].size, target_names=names, target_mean=mean.tolist(),
+                        target_std=np.where(std > 0, std, 1.0).tolist())
+    if options.encoder == "raw":
+        return RawFieldsForSequenceClassification.for_tokenizer(tokenizer, options.size, seq_len=data.seq_len,
+                                                                **settings)
+    pretrained = load_run(options.pretrained, expect="encoder")
+    check_compatible(pretrained, data)
+    model = TabBertForSequenceClassification.from_encoder(pretrained.model, freeze_encoder=not options.unfreeze,
+                                                          seq_len=data.seq_len, **settings)
+    model.config.schema_fingerprint = model.config.schema_fingerprint or tokenizer.fingerprint()
+    return model
+
+
+def _class_weights(labels: np.ndarray) -> list[float]:
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return (labels.size / (2.0 * np.maximum(counts, 1.0))).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- step 2: training
 
 
 @dataclass
@@ -250,14 +181,15 @@ class Optimization:
     log_history: list[dict] = field(default_factory=list)
 
     @classmethod
-    def create(cls, model: TabBertForSequenceClassification, *, lr: float, encoder_lr: float, weight_decay: float,
-               warmup_ratio: float, total_steps: int, grad_accum: int, max_grad_norm: float,
-               logging_steps: int) -> Optimization:
-        optimizer = torch.optim.AdamW(parameter_groups(model, lr=lr, encoder_lr=encoder_lr, weight_decay=weight_decay))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
-        return cls(optimizer, scheduler, grad_accum, max_grad_norm, logging_steps)
+    def create(cls, model: SequenceHeadModel, options: FinetuneOptions, steps_per_epoch: int) -> Optimization:
+        encoder_lr = options.lr if options.encoder == "raw" else options.encoder_lr
+        groups = parameter_groups(model, lr=options.lr, encoder_lr=encoder_lr, weight_decay=options.weight_decay)
+        optimizer = torch.optim.AdamW(groups)
+        total_steps = steps_per_epoch * options.epochs
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(options.warmup_ratio * total_steps), total_steps)
+        return cls(optimizer, scheduler, options.grad_accum, options.max_grad_norm, max(1, steps_per_epoch // 10))
 
-    def update(self, model: TabBertForSequenceClassification) -> None:
+    def update(self, model: SequenceHeadModel) -> None:
         """One optimizer step on the accumulated gradients."""
         trainable = [p for p in model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm)
@@ -282,7 +214,97 @@ class BestEpoch:
         return cls(epoch, value, scores, state)
 
 
-def train_epoch(model: TabBertForSequenceClassification, data: PreparedDataset, split: WindowSplit,
+@dataclass
+class Training:
+    """What training with early stopping leaves: the epochs, the best one, the step log."""
+
+    metric: str
+    optimization: Optimization
+    windows_per_epoch: int
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    best: BestEpoch | None = None
+
+    def report(self, model: SequenceHeadModel, device: torch.device, train: WindowSplit, val: WindowSplit,
+               seconds: float) -> dict:
+        """The ``training`` part of the run's metrics."""
+        parameters = list(model.parameters())
+        windows = {"train": int(train.starts.size), "train_per_epoch": self.windows_per_epoch,
+                   "val": int(val.starts.size)}
+        if model.config.task == "classification":
+            windows.update(train_positive=int(train.truth.sum()), val_positive=int(val.truth.sum()))
+        return {
+            "device": str(device),
+            "parameters": {"total": sum(p.numel() for p in parameters),
+                           "trainable": sum(p.numel() for p in parameters if p.requires_grad)},
+            "windows": windows,
+            "epochs": self.history,
+            "log_history": self.optimization.log_history,
+            "metric": self.metric,
+            "best_epoch": self.best.epoch,
+            "best_value": self.best.value,
+            "stopped_early": len(self.history) < self.epochs,
+            "train_seconds": round(seconds, 3),
+        }
+
+
+def train_with_early_stopping(model: SequenceHeadModel, data: PreparedDataset, train: WindowSplit,
+                              val: WindowSplit, options: FinetuneOptions, *, progress: bool = False) -> Training:
+    """Train epoch by epoch, score the validation windows after each, keep the best epoch, and stop
+    after ``options.patience`` epochs without a better one."""
+    rng = np.random.default_rng(options.seed)
+    for split in (train, val):
+        cache_encoder_outputs(model, data, split, progress=progress)
+    order = training_order(train.truth, options, rng)
+    steps_per_epoch = math.ceil(math.ceil(len(order) / options.batch_size) / options.grad_accum)
+    training = Training(validation_metric(options, val), Optimization.create(model, options, steps_per_epoch),
+                        int(order.size), options.epochs)
+    for epoch in range(1, options.epochs + 1):
+        if epoch > 1:
+            order = training_order(train.truth, options, rng)
+        run_epoch(model, data, train, val, order, training, options, epoch, progress=progress)
+        if epoch - training.best.epoch >= options.patience:
+            break
+    return training
+
+
+def run_epoch(model: SequenceHeadModel, data: PreparedDataset, train: WindowSplit, val: WindowSplit,
+              order: np.ndarray, training: Training, options: FinetuneOptions, epoch: int, *,
+              progress: bool = False) -> None:
+    """Train one epoch on ``train.starts[order]``, score ``val``, log it and keep it if it is the best."""
+    started = time.perf_counter()
+    optimization = training.optimization
+    train_loss = train_epoch(model, data, train, order, optimization, batch_size=options.batch_size, epoch=epoch,
+                             progress=progress, description=f"epoch {epoch}/{options.epochs}")
+    val_loss, scores = validate(model, data, val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # validation_metric has warned, once
+        val_figures = figures(model.config, val.truth, scores, split="val")
+    optimization.log_history.append({"step": optimization.step, "epoch": epoch, "eval_loss": val_loss})
+    training.history.append({"epoch": epoch, "step": optimization.step, "train_loss": train_loss, "val_loss": val_loss,
+                             **{k: v for k, v in val_figures.items() if k not in ("n", "positives")},
+                             "seconds": round(time.perf_counter() - started, 3)})
+    metric = training.metric
+    value = val_loss if metric == "loss" else val_figures[metric]
+    if training.best is None or _better(value, training.best.value, metric):
+        training.best = BestEpoch.capture(model, epoch, value, scores)
+    if progress:
+        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val {metric} {value:.4f}"
+                   + (" (best)" if training.best.epoch == epoch else ""))
+
+
+def validation_metric(options: FinetuneOptions, val: WindowSplit) -> str:
+    """The figure that picks the best epoch: ``options.metric``, or the loss when the validation
+    windows hold no positives (said with an :class:`UndefinedMetricWarning`)."""
+    metric = options.metric
+    if options.task != "classification" or metric == "loss" or val.truth.sum() > 0:
+        return metric
+    warnings.warn(f"the validation split has no positives: {metric} is undefined, keeping the epoch with the "
+                  "lowest validation loss instead", UndefinedMetricWarning, stacklevel=4)
+    return "loss"
+
+
+def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit,
                 order: np.ndarray, optimization: Optimization, *, batch_size: int, epoch: int,
                 progress: bool = False, description: str = "training") -> float:
     """One pass over the windows ``split.starts[order]``; returns the mean batch loss."""
@@ -315,37 +337,7 @@ def train_epoch(model: TabBertForSequenceClassification, data: PreparedDataset, 
     return total.item() / n_batches
 
 
-def build_model(data: PreparedDataset, train: WindowSplit, *, encoder: str, pretrained: str | Path | None,
-                size: str, head: str, task: str, loss: str, imbalance: str, label: str, target: str,
-                unfreeze: bool) -> TabBertForSequenceClassification:
-    """A new model for ``data``: a head on the pre-trained encoder, or on raw field embeddings."""
-    tokenizer = data.tokenizer
-    settings = dict(head=head, task=task, loss=loss, label_mode=label, target_mode=target, seq_len=data.seq_len)
-    if task == "classification":
-        settings.update(num_outputs=2, class_weights=_class_weights(train.truth) if imbalance == "weights" else None)
-    else:
-        names = list(data.meta["labels"])
-        values = train.truth.reshape(-1, len(names)).astype(np.float64)
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise TabbertError(f"{data.path}: the training targets hold missing or infinite values")
-        settings.update(num_outputs=train.truth[0].size, target_names=names, target_mean=mean.tolist(),
-                        target_std=np.where(std > 0, std, 1.0).tolist())
-    if encoder == "raw":
-        base = TabBertConfig.for_tokenizer(tokenizer, size, seq_len=data.seq_len)
-        config = TabBertClassifierConfig.from_encoder_config(base, encoder_kind="raw", freeze_encoder=False, **settings)
-        return TabBertForSequenceClassification(config)
-    encoder_model = load_encoder(pretrained)
-    encoder_model.config.check_compatible(tokenizer.field_names, tokenizer.field_vocab_sizes, tokenizer.fingerprint())
-    if data.seq_len > encoder_model.config.max_rows:
-        raise ArtifactError(f"{pretrained}: the encoder takes windows of at most {encoder_model.config.max_rows} "
-                            f"rows, the data has {data.seq_len}")
-    model = TabBertForSequenceClassification.from_encoder(encoder_model, freeze_encoder=not unfreeze, **settings)
-    model.config.schema_fingerprint = model.config.schema_fingerprint or tokenizer.fingerprint()
-    return model
-
-
-def parameter_groups(model: TabBertForSequenceClassification, *, lr: float, encoder_lr: float,
+def parameter_groups(model: SequenceHeadModel, *, lr: float, encoder_lr: float,
                      weight_decay: float) -> list[dict]:
     """AdamW groups: head and encoder at their own rates, no decay on biases and norm weights."""
     groups = []
@@ -358,12 +350,11 @@ def parameter_groups(model: TabBertForSequenceClassification, *, lr: float, enco
     return groups
 
 
-def training_order(truth: np.ndarray, task: str, imbalance: str, upsample_ratio: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def training_order(truth: np.ndarray, options: FinetuneOptions, rng: np.random.Generator) -> np.ndarray:
     """Indices of the training windows for one epoch, shuffled, positives repeated when upsampling."""
-    if task != "classification" or imbalance != "upsample":
+    if options.task != "classification" or options.imbalance != "upsample":
         return rng.permutation(len(truth))
-    return upsampled_indices(truth, upsample_ratio, rng)
+    return upsampled_indices(truth, options.upsample_ratio, rng)
 
 
 def upsampled_indices(labels: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -378,7 +369,7 @@ def upsampled_indices(labels: np.ndarray, ratio: float, rng: np.random.Generator
     return rng.permutation(np.concatenate([negatives, repeated, remainder]))
 
 
-def cache_encoder_outputs(model: TabBertForSequenceClassification, data: PreparedDataset, split: WindowSplit, *,
+def cache_encoder_outputs(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit, *,
                           progress: bool = False) -> None:
     """Store the frozen encoder's outputs of every window of ``split`` (when they fit the budget)."""
     config = model.config
@@ -386,69 +377,50 @@ def cache_encoder_outputs(model: TabBertForSequenceClassification, data: Prepare
     if not config.freeze_encoder or size > FROZEN_CACHE_BYTES:
         return
     model.encoder.eval()
-    outputs = []
-    with torch.inference_mode():
-        for begin in tqdm(range(0, len(split.starts), EVAL_BATCH_SIZE), desc=f"encoding {split.name} windows",
-                          unit="batch", disable=not progress, leave=False):
-            ids = data.window_tokens(split.starts[begin:begin + EVAL_BATCH_SIZE]).astype(np.int64)
-            outputs.append(model.encoder(torch.from_numpy(ids).to(model.device)).last_hidden_state.cpu())
-    split.states = torch.cat(outputs)
+    split.states = forward_windows(
+        lambda input_ids, attention_mask: model.encoder(input_ids, attention_mask=attention_mask)
+        .last_hidden_state.cpu(),
+        len(split.starts), prepared_windows(data, split.starts), device=model.device, batch_size=EVAL_BATCH_SIZE,
+        progress=progress, description=f"encoding {split.name} windows",
+    )
 
 
-def validate(model: TabBertForSequenceClassification, data: PreparedDataset,
-             split: WindowSplit) -> tuple[float, np.ndarray]:
+def validate(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit) -> tuple[float, np.ndarray]:
     """Loss and scores (probabilities or predictions in the targets' units) on a split."""
     if split.states is None:
-        logits = window_logits(model, data, split.starts, batch_size=EVAL_BATCH_SIZE)
+        step, gather = classifier_logits(model), prepared_windows(data, split.starts)
     else:
         model.eval()
-        with torch.inference_mode():
-            logits = torch.cat([model.head(split.states[i:i + EVAL_BATCH_SIZE].to(model.device), None)
-                                for i in range(0, len(split.starts), EVAL_BATCH_SIZE)])
+        step, gather = model.head, lambda begin, end: (split.states[begin:end], None)
+    logits = forward_windows(step, len(split.starts), gather, device=model.device, batch_size=EVAL_BATCH_SIZE)
     with torch.inference_mode():
         loss = model.compute_loss(logits, torch.from_numpy(split.truth).to(logits.device)).item()
         return loss, model.scores(logits).float().cpu().numpy()
 
 
-def _class_weights(labels: np.ndarray) -> list[float]:
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
-    return (labels.size / (2.0 * np.maximum(counts, 1.0))).tolist()
-
-
 def _better(value: float, best: float, metric: str) -> bool:
-    return value > best if metric in HIGHER_IS_BETTER else value < best
+    return value > best if metric in CLASSIFICATION_METRICS else value < best
 
 
-def _check_options(data: PreparedDataset, options: dict) -> None:
-    """Raise :class:`TabbertError` for options that cannot work together or with ``data``."""
-    task = options["task"]
-    choices = {"encoder": ENCODERS, "head": tuple(HEADS), "loss": LOSSES[task], "imbalance": IMBALANCE}
-    if task == "classification":
-        choices["label"] = LABEL_MODES
+# ---------------------------------------------------------------------------------------------- steps 3 and 5
+
+
+def choose_threshold(options: FinetuneOptions, truth: np.ndarray, scores: np.ndarray) -> float | None:
+    """The best-F1 threshold on the validation windows (classification with validation positives; else None)."""
+    if options.task != "classification" or truth.sum() == 0:
+        return None
+    return best_f1_threshold(truth, scores)
+
+
+def evaluate_in_memory(model: SequenceHeadModel, data: PreparedDataset, run_dir: Path, *,
+                       val_scores: np.ndarray) -> dict:
+    """The validation figures (from the best epoch's scores) and the test figures of the trained model."""
+    threshold = validation_threshold(model, data) if model.config.task == "classification" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # said during training, once
+        splits = {"val": evaluate_model(model, data, "val", run_dir, scores=val_scores, threshold=threshold)}
+    if data.meta["windows"]["test"]:
+        splits["test"] = evaluate_model(model, data, "test", run_dir, threshold=threshold)
     else:
-        choices["target"] = TARGET_MODES
-    for name, allowed in choices.items():
-        if options[name] not in allowed:
-            raise TabbertError(f"{name} must be one of {allowed} for {task}, got {options[name]!r}")
-    if options["encoder"] == "pretrained" and options["pretrained"] is None:
-        raise TabbertError("a pre-trained encoder needs --pretrained RUN/model (or use --encoder raw)")
-    if options["encoder"] == "raw" and options["pretrained"] is not None:
-        raise TabbertError("--encoder raw trains field embeddings from scratch and takes no --pretrained")
-    if task == "regression" and options["imbalance"] != "none":
-        raise TabbertError("class imbalance handling applies to classification only")
-    metrics = ("loss", *HIGHER_IS_BETTER) if task == "classification" else (
-        "loss", "rmse", "mae", *(f"{kind}_{name}" for kind in ("rmse", "mae") for name in data.meta["labels"]))
-    if options["metric"] not in metrics:
-        raise TabbertError(f"metric must be one of {metrics} for {task}, got {options['metric']!r}")
-    positive = ("epochs", "batch_size", "grad_accum", "patience", "lr", "max_grad_norm")
-    for name in positive:
-        if not options[name] > 0:
-            raise TabbertError(f"{name} must be positive, got {options[name]}")
-    if options["encoder_lr"] is not None and not options["encoder_lr"] > 0:
-        raise TabbertError(f"encoder_lr must be positive, got {options['encoder_lr']}")
-    if not 0.0 <= options["warmup_ratio"] < 1.0:
-        raise TabbertError(f"warmup_ratio must lie in [0, 1), got {options['warmup_ratio']}")
-    if options["weight_decay"] < 0:
-        raise TabbertError(f"weight_decay must be >= 0, got {options['weight_decay']}")
-    if options["upsample_ratio"] is not None and not 0.0 < options["upsample_ratio"] < 1.0:
-        raise TabbertError(f"upsample_ratio must lie in (0, 1), got {options['upsample_ratio']}")
+        warnings.warn(f"{data.path}: the test split has no windows; no test figures", stacklevel=3)
+    return splits

@@ -51,10 +51,11 @@ from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
 from tabbert.reporting import format_table
+from tabbert.runs import choose_device
 
-DEFAULT_LEARNING_RATE = 5e-4
 _TRAIN_MASKS, _EVAL_MASKS = 0, 1
 # the columns of the per-window statistics gathered during evaluation
 _MASKED, _CORRECT, _MAJORITY_HITS, _LOSS = range(4)
@@ -212,7 +213,7 @@ class MaskedFieldTrainer(Trainer):
 
 
 # ---------------------------------------------------------------------------- the run
-def model_config(tokenizer: TabularTokenizer, seq_len: int, model: str, flat: bool, overrides: dict) -> TabBertConfig:
+def model_config(tokenizer: TabularTokenizer, seq_len: int, size: str, flat: bool, overrides: dict) -> TabBertConfig:
     """A TabBertConfig of the named size for the tokenizer's fields and windows of ``seq_len`` rows."""
     known = set(inspect.signature(TabBertConfig.__init__).parameters) - {"self", "kwargs", "field_names",
                                                                          "field_offsets", "field_vocab_sizes"}
@@ -220,7 +221,7 @@ def model_config(tokenizer: TabularTokenizer, seq_len: int, model: str, flat: bo
     if unknown:
         raise TabbertError(f"unknown model settings {unknown}; known ones are {sorted(known)}")
     try:
-        return TabBertConfig.for_tokenizer(tokenizer, model, seq_len=seq_len, flat=flat, **overrides)
+        return TabBertConfig.for_tokenizer(tokenizer, size, seq_len=seq_len, flat=flat, **overrides)
     except ValueError as exc:
         raise TabbertError(f"invalid model settings: {exc}") from exc
 
@@ -271,59 +272,41 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
         raise
 
 
-def _training_arguments(out: Path, *, epochs, batch_size, lr, max_steps, seed, save_steps, save_total_limit,
-                        evaluate, bf16) -> TrainingArguments:
+def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        learning_rate=lr,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        learning_rate=options.lr,
         lr_scheduler_type="linear",
         logging_strategy="steps",
         warmup_steps=0.05,
         weight_decay=0.01,
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
+        save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
         report_to="none",
-        seed=seed,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
+        seed=options.seed,
+        bf16=options.bf16,
+        use_cpu=choose_device().type == "cpu",
         disable_tqdm=False,
         remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=choose_device().type == "cuda",
         ddp_find_unused_parameters=False,
     )
 
 
-def pretrain(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    model: str = "small",
-    flat: bool = False,
-    epochs: float = 1,
-    batch_size: int = 64,
-    lr: float = DEFAULT_LEARNING_RATE,
-    max_steps: int = -1,
-    resume: bool = False,
-    seed: int = 0,
-    mlm_probability: float = 0.15,
-    mask_rows: bool = False,
-    save_steps: int = 500,
-    save_total_limit: int = 2,
-    bf16: bool = False,
-    callbacks: Sequence[TrainerCallback] = (),
-    **overrides,
-) -> dict:
+def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions | None = None, *,
+             callbacks: Sequence[TrainerCallback] = (), **settings) -> dict:
     """Pre-train TabBERT on the prepared dataset ``data_dir``; write the run to ``out_dir``.
 
-    ``model`` is a named size (``tiny``, ``small``, ``paper``); ``overrides`` change single
-    configuration values (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
-    ``field_hidden``, ...). Training runs ``epochs`` epochs, or ``max_steps`` optimizer steps when
+    ``options`` and ``settings`` (its fields by name) are :class:`~tabbert.options.PretrainOptions`:
+    ``size`` is a named size (``tiny``, ``small``, ``paper``), and the size overrides
+    (``hidden_size``, ``num_hidden_layers``, ...) or any other setting given by name change single
+    configuration values. Training runs ``epochs`` epochs, or ``max_steps`` optimizer steps when
     positive. With ``resume`` an interrupted run continues from its newest checkpoint; it must be
     given the same settings. ``bf16`` uses bfloat16 autocast when a CUDA device is present.
     ``callbacks`` are extra :class:`~transformers.TrainerCallback` objects.
@@ -331,58 +314,39 @@ def pretrain(
     Returns the metrics written to ``RUN/metrics.json``.
     """
     started = time.perf_counter()
+    options = _options(options, settings)
     data = PreparedDataset(data_dir)
-    tokenizer = data.tokenizer
-    out = Path(out_dir)
-    if batch_size < 1:
-        raise TabbertError(f"the batch size must be at least 1, got {batch_size}")
-    if max_steps <= 0 and epochs <= 0:
-        raise TabbertError("give a positive number of epochs or of --max-steps")
-    if bf16 and not torch.cuda.is_available():
-        warnings.warn("bf16 needs a CUDA device; training in float32", stacklevel=2)
-        bf16 = False
+    tokenizer, out = data.tokenizer, Path(out_dir)
     train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
     if len(train) == 0:
         raise TabbertError(f"{data.path}: the training split has no windows")
-    settings = {
-        "data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(), "model": model,
-        "flat": flat, "overrides": dict(sorted(overrides.items())), "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "max_steps": max_steps, "seed": seed, "mlm_probability": mlm_probability,
-        "mask_rows": mask_rows, "save_steps": save_steps, "bf16": bf16,
-    }
-    config = model_config(tokenizer, data.seq_len, model, flat, overrides)
-    masker = MaskedFieldCollator(tokenizer.field_offsets, tokenizer.field_vocab_sizes,
-                                 mlm_probability=mlm_probability, mask_rows=mask_rows,
-                                 mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+    # what a resumed run must repeat (it may keep fewer checkpoints)
+    settings = {"data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(),
+                **{key: value for key, value in options.to_dict().items() if key not in ("resume", "save_total_limit")}}
+    config = model_config(tokenizer, data.seq_len, options.size, options.flat, options.model_overrides())
 
-    args = _training_arguments(
-        out, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, seed=seed, save_steps=save_steps,
-        save_total_limit=save_total_limit, evaluate=len(val) > 0, bf16=bf16,
-    )
+    args = _training_arguments(out, options, evaluate=len(val) > 0)
     # about 100 loss points per run; the step count depends on the world size the arguments found
-    steps_per_epoch = math.ceil(len(train) / (batch_size * args.world_size))
-    total_steps = max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+    steps_per_epoch = math.ceil(len(train) / (options.batch_size * args.world_size))
+    total_steps = options.max_steps if options.max_steps > 0 else math.ceil(options.epochs * steps_per_epoch)
     args.logging_steps = max(1, total_steps // 100)
     # every process inspects the run directory before the main process writes into it
-    prepare_run_dir(out, settings, resume)
+    prepare_run_dir(out, settings, options.resume)
     args.distributed_state.wait_for_everyone()
     checkpoint = get_last_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
     if args.process_index == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
 
-    set_seed(seed)
+    set_seed(options.seed)
+    masker = MaskedFieldCollator(tokenizer.field_offsets, tokenizer.field_vocab_sizes,
+                                 mlm_probability=options.mlm_probability, mask_rows=options.mask_rows,
+                                 mask_token_id=MASK_ID, pad_token_id=PAD_ID)
     trainer = MaskedFieldTrainer(
-        model=TabBertForMaskedFieldModeling(config),
-        args=args,
-        data_collator=collate_windows,
-        train_dataset=train,
-        eval_dataset=val if len(val) else None,
-        callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
-        masker=masker,
-        majority=field_majorities(data, train.starts),
-        field_names=tokenizer.field_names,
-        mask_seed=seed,
+        model=TabBertForMaskedFieldModeling(config), args=args, data_collator=collate_windows, train_dataset=train,
+        eval_dataset=val if len(val) else None, callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
+        masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
+        mask_seed=options.seed,
     )
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -394,10 +358,21 @@ def pretrain(
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out / "model")
         plot_loss_curves(trainer.state.log_history, out / "loss_curve.png",
-                         title=f"masked-field pre-training ({model})")
+                         title=f"masked-field pre-training ({options.size})")
         write_json_atomic(out / "metrics.json", metrics)
     args.distributed_state.wait_for_everyone()
     return metrics
+
+
+def _options(options: PretrainOptions | None, settings: dict) -> PretrainOptions:
+    """The run's options: ``settings`` that are not options are further model settings; no bf16 without CUDA."""
+    model_settings = {name: settings.pop(name) for name in list(settings) if name not in PretrainOptions.names()}
+    options = PretrainOptions.create(options, **settings)
+    options = dataclasses.replace(options, overrides={**options.overrides, **model_settings})
+    if options.bf16 and choose_device().type != "cuda":
+        warnings.warn("bf16 needs a CUDA device; training in float32", stacklevel=3)
+        options = dataclasses.replace(options, bf16=False)
+    return options
 
 
 def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: TabBertConfig, settings: dict,

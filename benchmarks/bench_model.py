@@ -35,8 +35,7 @@ import torch
 from transformers import BertModel
 
 from tabbert.atomic import write_json_atomic
-from tabbert.data.collate import MaskedFieldCollator
-from tabbert.data.dataset import WindowDataset
+from tabbert.data.collate import MaskedFieldCollator, WindowDataset
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, SupervisedCollator
+from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator
 
 PAD, SEP, MASK = 0, 2, 4
 FIELD_SIZES = [3, 1000, 50, 2]  # the last field has no value ids, only [UNK] and [MISSING]
@@ -125,10 +125,10 @@ def test_accepts_tensors(examples):
     assert torch.equal(collate(as_tensors)["input_ids"], collate(examples[:16])["input_ids"])
 
 
-def test_supervised_collator_keeps_label_types(examples):
-    windows = examples[:4]
-    classes = SupervisedCollator()([{**e, "labels": np.int8(i % 2)} for i, e in enumerate(windows)])
-    assert classes["labels"].dtype == torch.long and classes["labels"].tolist() == [0, 1, 0, 1]
-    targets = SupervisedCollator()([{**e, "labels": np.array([1.5, 2.0])} for e in windows])
-    assert targets["labels"].dtype == torch.float32 and targets["labels"].shape == (4, 2)
-    assert targets["input_ids"].shape == (4, 10, 4) and targets["attention_mask"].dtype == torch.long
+def test_a_generator_passed_to_mask_replaces_the_collators(examples, original):
+    attention_mask = torch.from_numpy(np.stack([e["attention_mask"] for e in examples]))
+    collator = MaskedFieldCollator(FIELD_OFFSETS, FIELD_SIZES)
+    input_ids, labels = collator.mask(original, attention_mask, torch.Generator().manual_seed(7))
+    expected = MaskedFieldCollator(FIELD_OFFSETS, FIELD_SIZES, generator=torch.Generator().manual_seed(7))(examples)
+    assert torch.equal(input_ids, expected["input_ids"]) and torch.equal(labels, expected["labels"])
+    assert input_ids.device == labels.device == original.device

@@ -1,6 +1,7 @@
-"""Batches of windows: masked-field batches for pre-training, labelled batches for fine-tuning.
+"""Batches of windows for pre-training: the windows of a split, stacked and masked field by field.
 
-An example is a dict with ``input_ids`` ``[rows, fields]`` (global token ids, numpy or torch)
+:class:`WindowDataset` gives the windows of a split, read on access from the memory-mapped token
+matrix. An example is a dict with ``input_ids`` ``[rows, fields]`` (global token ids, numpy or torch)
 and optionally ``attention_mask`` ``[rows]``; when the mask is absent, rows made only of [PAD]
 are taken as padding.
 
@@ -9,7 +10,8 @@ selects, 80 % become [MASK], 10 % a random value of the *same* field (so every c
 is still a row the table could hold) and 10 % stay as they are. ``labels`` carry the local id
 (position inside the field's range) of each selected token and -100 elsewhere. Special tokens
 ([PAD], [SEP], ...) and padding rows are never selected. All randomness comes from torch's
-global generator, or from ``generator`` when given, so a seeded run masks the same way.
+global generator, or from ``generator`` when given, so a seeded run masks the same way. Masks
+are drawn on the batch's device, with a generator of that device.
 """
 
 from __future__ import annotations
@@ -20,9 +22,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
+from tabbert.data.prepared import PreparedDataset
 
 IGNORE_INDEX = -100
 FIRST_VALUE_ID = 2  # local ids 0 and 1 are the field's [UNK] and [MISSING]
+
+
+class WindowDataset(Dataset):
+    """The windows of ``split`` as ``{"input_ids": [seq_len, n_fields]}`` items, never materialized."""
+
+    def __init__(self, data: PreparedDataset, split: str):
+        self.data = data
+        self.starts = data.windows(split)
+        self.seq_len = data.seq_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict:
+        start = self.starts[index]
+        return {"input_ids": np.asarray(self.data.tokens[start : start + self.seq_len], dtype=np.int64)}
 
 
 def stack_windows(examples: Sequence[Mapping[str, Any]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +72,7 @@ class MaskedFieldCollator:
         mlm_probability: chance that a field token (or, with ``mask_rows``, a row) is selected.
         mask_rows: select whole rows (every field of the row) instead of single fields.
         mask_token_id, pad_token_id: the special ids of the tokenizer.
-        generator: optional torch generator; torch's global one otherwise.
+        generator: optional torch generator (of the batches' device); torch's global one otherwise.
     """
 
     field_offsets: Sequence[int]
@@ -73,18 +94,26 @@ class MaskedFieldCollator:
         first_random = torch.where(self._sizes > FIRST_VALUE_ID, FIRST_VALUE_ID, 0)
         self._random_low = self._offsets + first_random
         self._random_span = self._sizes - first_random
+        self._tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = stack_windows(examples, self.pad_token_id)
         input_ids, labels = self.mask(input_ids, attention_mask)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked copy of ``input_ids [B, L, F]`` and the MLM ``labels`` (local ids, -100 elsewhere)."""
+    def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked copy of ``input_ids [B, L, F]`` and the MLM ``labels`` (local ids, -100 elsewhere).
+
+        Everything happens on the batch's device; ``generator`` (of that device) replaces the collator's.
+        """
+        generator = generator or self.generator
+        device = input_ids.device
+        offsets, sizes, random_low, random_span = self._on(device)
         batch, rows, n_fields = input_ids.shape
-        local_ids = input_ids - self._offsets
-        is_field_token = (local_ids >= 0) & (local_ids < self._sizes) & attention_mask.bool().unsqueeze(-1)
-        draw = torch.rand((batch, rows, 1 if self.mask_rows else n_fields), generator=self.generator)
+        local_ids = input_ids - offsets
+        is_field_token = (local_ids >= 0) & (local_ids < sizes) & attention_mask.bool().unsqueeze(-1)
+        draw = torch.rand((batch, rows, 1 if self.mask_rows else n_fields), generator=generator, device=device)
         selected = (draw < self.mlm_probability) & is_field_token
         labels = torch.where(selected, local_ids, IGNORE_INDEX)
 
@@ -92,23 +121,17 @@ class MaskedFieldCollator:
         flat_ids = input_ids.reshape(-1)
         positions = selected.reshape(-1).nonzero().squeeze(1)
         field = positions % n_fields
-        split, value = torch.rand((2, positions.numel()), generator=self.generator)
-        span = self._random_span.index_select(0, field)
-        random_ids = self._random_low.index_select(0, field) + (value * span).long().clamp_(max=span - 1)
+        split, value = torch.rand((2, positions.numel()), generator=generator, device=device)
+        span = random_span.index_select(0, field)
+        random_ids = random_low.index_select(0, field) + (value * span).long().clamp_(max=span - 1)
         original_ids = flat_ids.index_select(0, positions)
         replacement = torch.where(split < 0.8, self.mask_token_id, torch.where(split < 0.9, original_ids, random_ids))
         masked_ids = flat_ids.clone().index_copy_(0, positions, replacement)
         return masked_ids.view_as(input_ids), labels
 
-
-@dataclass
-class SupervisedCollator:
-    """Collate labelled windows: ``labels`` become int64 class ids or float32 targets of any shape."""
-
-    pad_token_id: int = 0
-
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = stack_windows(examples, self.pad_token_id)
-        labels = _stack([example["labels"] for example in examples])
-        labels = labels.float() if labels.is_floating_point() else labels.long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The field tables on ``device``, copied there once."""
+        if device not in self._tables:
+            tables = (self._offsets, self._sizes, self._random_low, self._random_span)
+            self._tables[device] = tuple(table.to(device) for table in tables)
+        return self._tables[device]

@@ -48,6 +48,8 @@ class TabBertConfig(PretrainedConfig):
         field_vocab_sizes: size of each field's range; local id 0 is the field's [UNK],
             1 its [MISSING], 2 and up its values or bins.
         vocab_size: size of the global id space; derived from the fields when omitted.
+        pad_token_id, sep_token_id: the tokenizer's [PAD] id, and its [SEP] id, which closes each
+            row of the flat model.
         max_rows: longest window (rows) the encoder accepts.
         field_hidden: width of a field embedding (hierarchical model).
         field_num_layers, field_num_heads, field_intermediate_size: the transformer that
@@ -78,10 +80,7 @@ class TabBertConfig(PretrainedConfig):
         field_vocab_sizes: Sequence[int] = (),
         vocab_size: int | None = None,
         pad_token_id: int = 0,
-        unk_token_id: int = 1,
         sep_token_id: int = 2,
-        cls_token_id: int = 3,
-        mask_token_id: int = 4,
         max_rows: int = 10,
         field_hidden: int = 64,
         field_num_layers: int = 1,
@@ -106,10 +105,7 @@ class TabBertConfig(PretrainedConfig):
         self.field_offsets = [int(offset) for offset in field_offsets]
         self.field_vocab_sizes = [int(size) for size in field_vocab_sizes]
         self.vocab_size = self._global_vocab_size() if vocab_size is None else int(vocab_size)
-        self.unk_token_id = unk_token_id
         self.sep_token_id = sep_token_id
-        self.cls_token_id = cls_token_id
-        self.mask_token_id = mask_token_id
         self.max_rows = max_rows
         self.field_hidden = field_hidden
         self.field_num_layers = field_num_layers

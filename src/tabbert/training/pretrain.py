@@ -44,8 +44,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from tabbert.atomic import write_json_atomic
-from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, stack_windows
-from tabbert.data.dataset import WindowDataset
+from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, WindowDataset, stack_windows
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
@@ -145,7 +144,7 @@ class MaskedFieldTrainer(Trainer):
     """A Trainer that masks each training batch itself and scores validation field by field.
 
     Args:
-        masker: the masking recipe; its generator is replaced at every use.
+        masker: the masking recipe; every use gets its own generator, on the batch's device.
         majority: each field's most frequent local id on the training rows, for the baseline.
         field_names: names of the fields, for the report.
         mask_seed: root of the seeds of all masks.
@@ -162,20 +161,22 @@ class MaskedFieldTrainer(Trainer):
         self.evaluation_seconds = 0.0
         self.last_evaluation: dict | None = None
 
-    def _generator(self, purpose: int, step: int) -> torch.Generator:
+    def _generator(self, purpose: int, step: int, device: torch.device) -> torch.Generator:
+        """The generator of one step's masks: seeded by (seed, purpose, process, step), on ``device``."""
         key = [self.mask_seed, purpose, self.args.process_index, step]
-        return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+        seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+        return torch.Generator(device=device).manual_seed(seed)
 
     def _mask(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        masker = dataclasses.replace(self.masker, generator=generator)
-        input_ids, labels = masker.mask(inputs["input_ids"].cpu(), inputs["attention_mask"].cpu())
-        device = inputs["input_ids"].device
-        return {**inputs, "input_ids": input_ids.to(device), "labels": labels.to(device)}
+        """The batch with its field tokens masked, on the batch's device."""
+        masked_ids, labels = self.masker.mask(inputs["input_ids"], inputs["attention_mask"], generator)
+        return {**inputs, "input_ids": masked_ids, "labels": labels}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.windows_trained += int(inputs["input_ids"].shape[0])
-        masked = self._mask(inputs, self._generator(_TRAIN_MASKS, self.state.global_step))
-        return super().training_step(model, masked, num_items_in_batch)
+        inputs = self._prepare_inputs(inputs)
+        generator = self._generator(_TRAIN_MASKS, self.state.global_step, inputs["input_ids"].device)
+        return super().training_step(model, self._mask(inputs, generator), num_items_in_batch)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Validation loss and masked accuracy per field, with the majority-value baseline."""
@@ -184,11 +185,13 @@ class MaskedFieldTrainer(Trainer):
         self.callback_handler.eval_dataloader = dataloader
         model = self.model
         model.eval()
-        generator = self._generator(_EVAL_MASKS, 0)
         majority = self.majority.to(self.args.device)
         totals = torch.zeros((len(self.field_names), 4), dtype=torch.float64)
+        generator = None  # one for the whole evaluation, made on the device of its batches
         with torch.inference_mode():
             for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                generator = generator or self._generator(_EVAL_MASKS, 0, batch["input_ids"].device)
                 masked = self._mask(batch, generator)
                 output = model(**masked)
                 statistics = masked_field_statistics(

@@ -159,6 +159,31 @@ def test_class_weights_and_rmse_loss(workdir, fraud_cards, pretrained):
     assert 0 < metrics["training"]["epochs"][0]["train_loss"] < 1
 
 
+def test_validation_windows_of_one_class(workdir, fraud_cards, capsys):
+    """Undefined validation figures are n/a with one warning, and the lowest loss picks the best epoch."""
+    copy = workdir / "one-class-val"
+    shutil.copytree(fraud_cards.path, copy)
+    val = fraud_cards.windows("val")
+    np.save(copy / "windows_val.npy", val[fraud_cards.window_labels(val) == 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = finetune(copy, workdir / "one-class-run", encoder="raw", size="tiny", epochs=2, batch_size=128)
+    undefined = [w for w in caught if issubclass(w.category, UndefinedMetricWarning)]
+    assert len(undefined) == 1 and "pr_auc is undefined (shown as n/a)" in str(undefined[0].message)
+    training = metrics["training"]
+    losses = [epoch["val_loss"] for epoch in training["epochs"]]
+    assert training["metric"] == "loss" and len(losses) == 2
+    assert training["best_epoch"] == 1 + int(np.argmin(losses)) and training["best_value"] == min(losses)
+    assert all(epoch["pr_auc"] is None for epoch in training["epochs"])
+    assert metrics["splits"]["val"]["pr_auc"] is None and metrics["splits"]["test"]["pr_auc"] is not None
+    capsys.readouterr()
+    out = workdir / "one-class-lstm"
+    assert main(["baseline", "--data", str(copy), "--kind", "lstm", "--out", str(out), "--epochs", "2", "--size",
+                 "tiny", "--batch-size", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert "n/a" in printed and "best epoch" in printed
+
+
 # ------------------------------------------------------------------------------------------ regression
 
 

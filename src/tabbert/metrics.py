@@ -21,9 +21,18 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+RANKING_METRICS = ("roc_auc", "pr_auc", "recall_at_1pct_fpr")  # undefined unless both classes are present
+RECALL_METRICS = ("recall", "f1")  # undefined (0/0) without positives
+
 
 class UndefinedMetricWarning(UserWarning):
     """A metric that the labels of a split cannot define (no positives, say)."""
+
+
+def undefined_metrics(labels: np.ndarray) -> tuple[str, ...]:
+    """The figures of :func:`classification_metrics` that these labels leave undefined (``None``)."""
+    positives, n = int(np.sum(labels)), int(np.size(labels))
+    return (RANKING_METRICS if not 0 < positives < n else ()) + (RECALL_METRICS if positives == 0 else ())
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -61,7 +70,8 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
         "recall": float(recall_score(labels, predicted, zero_division=0)),
         "confusion_matrix": confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
     }
-    if 0 < positives < labels.size:
+    undefined = undefined_metrics(labels)
+    if not undefined:
         result["roc_auc"] = float(roc_auc_score(labels, scores))
         result["pr_auc"] = float(average_precision_score(labels, scores))
         result["recall_at_1pct_fpr"] = recall_at_fpr(labels, scores, 0.01)
@@ -72,9 +82,7 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
             UndefinedMetricWarning,
             stacklevel=2,
         )
-        result.update(roc_auc=None, pr_auc=None, recall_at_1pct_fpr=None)
-        if positives == 0:  # recall is 0/0, and so F1 with it
-            result.update(recall=None, f1=None)
+        result.update(dict.fromkeys(undefined))
     return result
 
 

@@ -11,9 +11,11 @@ fixed and its dropout off); ``unfreeze`` trains it too, at its own smaller learn
 ``encoder_lr``. ``encoder="raw"`` trains field embeddings from scratch instead (the paper's raw
 LSTM/MLP baselines). After every epoch the validation windows are scored; the best epoch by
 ``metric`` is kept (PR-AUC by default; regression: the lowest RMSE) and training stops after
-``patience`` epochs without improvement. A frozen encoder gives every window the same outputs
-in every epoch, so they are computed once and the head trains on them (up to
-``FROZEN_CACHE_BYTES`` of outputs; beyond that the encoder runs with each batch).
+``patience`` epochs without improvement. When the validation windows leave the metric undefined
+(one class only), it is shown as n/a, a warning says so once, and the lowest validation loss
+picks the best epoch instead. A frozen encoder gives every window the same outputs in every
+epoch, so they are computed once and the head trains on them (up to ``FROZEN_CACHE_BYTES`` of
+outputs; beyond that the encoder runs with each batch).
 
 Rare positives: ``imbalance="upsample"`` (the default for classification, as in the paper)
 repeats positive training windows every epoch until they make ``upsample_ratio`` of it;
@@ -50,7 +52,7 @@ from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.errors import TabbertError
 from tabbert.evaluation import EVAL_BATCH_SIZE, evaluate_model, figures, validation_threshold, window_truth
-from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
+from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold, undefined_metrics
 from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClassification, save_classifier
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.options import CLASSIFICATION_METRICS, FinetuneOptions
@@ -289,18 +291,20 @@ def run_epoch(model: SequenceHeadModel, data: PreparedDataset, train: WindowSpli
     if training.best is None or _better(value, training.best.value, metric):
         training.best = BestEpoch.capture(model, epoch, value, scores)
     if progress:
-        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val {metric} {value:.4f}"
-                   + (" (best)" if training.best.epoch == epoch else ""))
+        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val {metric} "
+                   f"{_shown(value)}" + (" (best)" if training.best.epoch == epoch else ""))
 
 
 def validation_metric(options: FinetuneOptions, val: WindowSplit) -> str:
     """The figure that picks the best epoch: ``options.metric``, or the loss when the validation
-    windows hold no positives (said with an :class:`UndefinedMetricWarning`)."""
+    windows leave it undefined (said once, with an :class:`UndefinedMetricWarning`)."""
     metric = options.metric
-    if options.task != "classification" or metric == "loss" or val.truth.sum() > 0:
+    if options.task != "classification" or metric not in undefined_metrics(val.truth):
         return metric
-    warnings.warn(f"the validation split has no positives: {metric} is undefined, keeping the epoch with the "
-                  "lowest validation loss instead", UndefinedMetricWarning, stacklevel=4)
+    positives = int(val.truth.sum())
+    warnings.warn(f"the validation windows hold one class only ({positives} positive of {val.truth.size}): "
+                  f"{metric} is undefined (shown as n/a); the best epoch is the one with the lowest validation "
+                  "loss", UndefinedMetricWarning, stacklevel=4)
     return "loss"
 
 
@@ -400,6 +404,10 @@ def validate(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit
 
 def _better(value: float, best: float, metric: str) -> bool:
     return value > best if metric in CLASSIFICATION_METRICS else value < best
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 # ---------------------------------------------------------------------------------------------- steps 3 and 5

@@ -3,7 +3,11 @@
 Each seed is a full ``tabbert demo`` run (its own generated data, splits and training). A seed
 whose run directory already holds a finished ``metrics.json`` is read, not rerun.
 
-    python benchmarks/bench_demo_seeds.py --seeds 0 1 2
+    python benchmarks/bench_demo_seeds.py --seeds 0 1 2      # results/demo_seeds.json and .md
+
+Target: TabBERT LSTM's mean test F1 and PR-AUC at least those of the raw LSTM and of LightGBM.
+The script prints them and exits with status 1 when one is missed. ``--quick`` writes its
+results into the work folder.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
+from targets import Target, check
 
 from tabbert.atomic import write_json_atomic
 from tabbert.demo import ROWS, DemoSettings, run_demo
@@ -31,7 +37,7 @@ def seed_table(work: Path, seed: int, settings: DemoSettings) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=HERE / "_work" / "demo_seeds")
@@ -71,11 +77,20 @@ def main() -> None:
                    f"{f['accuracy'] - f['majority_accuracy']:+.3f}") for name, f in fields.items()]
     fields_md = markdown_table(field_rows, headers=("field", "masked accuracy", "majority baseline", "gain"))
     print(table + "\n\n" + fields_md)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
+    out = args.work if args.quick else HERE / "results"
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "demo_seeds.json", result)
     (out / "demo_seeds.md").write_text(table + "\n\nValidation masked accuracy per field (mean over seeds):\n\n"
                                        + fields_md + "\n")
+    return check(quality_targets(summary))
+
+
+def quality_targets(summary: dict) -> list[Target]:
+    """TabBERT LSTM's mean F1 and PR-AUC against the raw LSTM's and LightGBM's."""
+    ours = summary["TabBERT LSTM"]
+    return [Target(f"TabBERT LSTM {name} against {rival}", f"{ours[metric]['mean']:.3f}",
+                   f">= {summary[rival][metric]['mean']:.3f}", ours[metric]["mean"] >= summary[rival][metric]["mean"])
+            for metric, name in (("f1", "F1"), ("pr_auc", "PR-AUC")) for rival in ("raw LSTM", "LightGBM")]
 
 
 def field_table(work: Path, seeds: list[int]) -> dict:
@@ -88,4 +103,4 @@ def field_table(work: Path, seeds: list[int]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

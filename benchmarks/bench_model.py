@@ -13,10 +13,17 @@ beside wall time: with one torch thread they are the steadier figure on a shared
 The data path (``WindowDataset`` indexing + ``MaskedFieldCollator``, index to batch dict, no
 model) is timed on its own and compared with what each model consumes.
 
-    python benchmarks/bench_model.py --threads 1                     # small and paper
-    python benchmarks/bench_model.py --sizes small --steps 20 --repeats 7
-    python benchmarks/bench_model.py --sizes small --field-hidden 64 \\
-        --out benchmarks/results/model_speed_small_field64.json
+The files in ``benchmarks/results/`` come from these commands::
+
+    python benchmarks/bench_model.py --threads 1                   # model_speed.json: small and paper
+    python benchmarks/bench_model.py --sizes small --repeats 15 --threads 1 \\
+        --out benchmarks/results/model_speed_small_run1.json         # and run2, run3: three more runs
+    python benchmarks/bench_model.py --sizes small --threads 2 \\
+        --out benchmarks/results/model_speed_small_2threads.json
+
+Targets: TabBERT's step costs at most 25 % more than the plain BERT's, and the data path delivers
+at least 10 times the windows the model consumes. The script prints both and exits with status 1
+when one is missed.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from targets import Target, check
 from transformers import BertModel
 
 from tabbert.atomic import write_json_atomic
@@ -158,7 +167,7 @@ def data_path_speed(dataset: WindowDataset, collator: MaskedFieldCollator, batch
     return statistics.median(rates)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["small", "paper"], choices=tuple(DEFAULT_STEPS))
     parser.add_argument("--users", type=int, default=50, help="generated card holders (default 50, ~50k rows)")
@@ -226,7 +235,20 @@ def main() -> None:
                     "data_path_ratio_at_least": TARGET_DATA_PATH_RATIO},
         "results": results, "data_path": data_path,
     })
+    return check(speed_targets(results, data_path))
+
+
+def speed_targets(results: list[dict], data_path: dict) -> list[Target]:
+    """Each size's extra cost over the plain BERT, and the data path against what it consumes."""
+    extra = [Target(f"{row['size']} extra cost", f"{row['extra_cost_percent']:+.1f} %",
+                    f"<= +{TARGET_EXTRA_COST_PERCENT:.0f} %", row["meets_target"]) for row in results]
+    feeding = []
+    for row in results:
+        size = row["size"]
+        feeding.append(Target(f"data path against {size}", f"{data_path['ratio_to_' + size]:.0f}x",
+                              f">= {TARGET_DATA_PATH_RATIO:.0f}x", data_path["meets_target_" + size]))
+    return extra + feeding
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,10 @@ Predict's own step timings (load, read, tokenize, model) are reported too. The f
 also checks that both score every row alike, which proves the bare forward saw predict's windows.
 
     python benchmarks/bench_predict.py --threads 1                     # 100 users, ~100k rows
-    python benchmarks/bench_predict.py --users 20 --trials 3 --threads 1
+    python benchmarks/bench_predict.py --users 20 --threads 1          # results/predict_speed.json
+
+Target: predict runs at 0.5 or more of the bare forward's rows per second (tokenizing and I/O cost
+at most as much as the model). The script prints it and exits with status 1 when it is missed.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
+from targets import Target, check
 
 from tabbert.atomic import write_json_atomic
 from tabbert.data.preparation import prepare
@@ -129,7 +134,7 @@ def score_difference(prediction: Prediction, bare_scores: np.ndarray, row_ids: n
     return difference
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100, help="generated card holders (default 100)")
     parser.add_argument("--rows-per-user", type=int, default=1000, help="average rows per holder (default 1000)")
@@ -209,7 +214,8 @@ def main() -> None:
         "predict_steps_s": step_medians,
         "max_score_difference": max_difference,
     })
+    return check([Target("predict / bare forward", f"{ratio:.2f}", f">= {TARGET_RATIO}", ratio >= TARGET_RATIO)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

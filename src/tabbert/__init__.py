@@ -11,6 +11,26 @@ The pipeline as functions (imported on first use, so ``import tabbert`` stays li
 
 Each step's options are declared once in :mod:`tabbert.options`; runs are loaded and scored by
 :mod:`tabbert.runs`.
+
+One batch, followed through the code
+------------------------------------
+From a CSV row to the pre-training loss, through five files (``data/preparation.py`` and
+``training/pretrain.py`` drive the steps):
+
+1. ``data/sources.py``     the strict reader turns the row into a normalized row;
+2. ``data/tokenizer.py``   each of its fields becomes a token id;
+3. ``data/prepared.py``    the ids are stored in entity-then-time order, and read back as windows;
+4. ``data/collate.py``     windows are stacked into a batch and field tokens are masked;
+5. ``models/tabbert.py``   TabBERT encodes the batch and computes the masked-field loss.
+
+From a CSV row to a fraud score, through five files (``inference.py`` drives the steps):
+
+1. ``data/sources.py``     the same reader;
+2. ``data/tokenizer.py``   the model's own tokenizer encodes the row;
+3. ``runs.py``             the window that ends at the row (padded in front when its history is
+   short) joins a batch, which runs through the model;
+4. ``models/tabbert.py``   the encoder gives one vector per row of the window;
+5. ``models/classifier.py`` the head reads those vectors, and its output becomes the score.
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     training windows); ``plots`` draws the PR and ROC curves. Returns the run's metrics, also
     written to ``metrics.json``.
     """
-    options = BaselineOptions.create(options, **settings) if options else BaselineOptions.create(kind="lightgbm",
-                                                                                                 **settings)
+    if options is None:
+        settings = {"kind": "lightgbm", **settings}
+    options = BaselineOptions.create(options, **settings)
     if options.kind != "lightgbm":
         raise TabbertError(f"train_lightgbm trains the lightgbm baseline, not {options.kind!r}")
     out = Path(out_dir)

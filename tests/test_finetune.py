@@ -14,14 +14,21 @@ from conftest import make_regression_table
 from tabbert.cli import main
 from tabbert.data.preparation import prepare_table
 from tabbert.errors import ArtifactError, TabbertError
-from tabbert.evaluation import evaluate, score_windows
+from tabbert.evaluation import evaluate, score_points
 from tabbert.metrics import UndefinedMetricWarning, classification_metrics
 from tabbert.models.classifier import LSTMHead, MLPHead, TabBertForSequenceClassification
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.options import FinetuneOptions
 from tabbert.runs import load_run
-from tabbert.training.finetune import finetune, training_order, upsampled_indices
+from tabbert.training.finetune import (
+    PointSplit,
+    build_model,
+    finetune,
+    parameter_groups,
+    training_order,
+    upsampled_indices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +112,11 @@ def test_unfreeze_trains_the_encoder_and_label_last(workdir, fraud_cards, pretra
     after = _encoder_weights(model.encoder)
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert metrics["training"]["parameters"]["trainable"] == metrics["training"]["parameters"]["total"]
-    # the window label of the newest row, not of any row
-    test = fraud_cards.windows("test")
-    assert model.config.label_mode == "last"
-    assert metrics["splits"]["test"]["positives"] == fraud_cards.window_labels(test, "last").sum()
-    assert fraud_cards.window_labels(test, "last").sum() < fraud_cards.window_labels(test, "any").sum()
+    # every test row is a point, labelled by its own label
+    assert model.config.label_mode == "last" and model.config.points == "rows"
+    test_rows = fraud_cards.row_splits == 2
+    assert metrics["splits"]["test"]["n"] == test_rows.sum()
+    assert metrics["splits"]["test"]["positives"] == fraud_cards.labels[test_rows].sum()
 
 
 # ------------------------------------------------------------------------------- selection, imbalance
@@ -121,9 +128,9 @@ def test_best_epoch_is_kept(run, fraud_cards):
     assert len(pr_aucs) == 3 and training["metric"] == "pr_auc"
     assert training["best_epoch"] == 1 + int(np.argmax(pr_aucs))
     model = load_classifier(run)
-    val = fraud_cards.windows("val")
-    scores = score_windows(model, fraud_cards, val)
-    again = classification_metrics(fraud_cards.window_labels(val), scores)
+    val = fraud_cards.points("val")
+    scores = score_points(model, fraud_cards, val)
+    again = classification_metrics(fraud_cards.labels[val].astype(np.int64), scores)
     assert again["pr_auc"] == pytest.approx(training["best_value"], abs=1e-6)
     assert model.config.threshold == pytest.approx(again["threshold"])
 
@@ -163,8 +170,9 @@ def test_validation_windows_of_one_class(workdir, fraud_cards, capsys):
     """Undefined validation figures are n/a with one warning, and the lowest loss picks the best epoch."""
     copy = workdir / "one-class-val"
     shutil.copytree(fraud_cards.path, copy)
-    val = fraud_cards.windows("val")
-    np.save(copy / "windows_val.npy", val[fraud_cards.window_labels(val) == 1])
+    labels = np.array(fraud_cards.labels)
+    labels[fraud_cards.row_splits == 1] = 1
+    np.save(copy / "labels.npy", labels)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = finetune(copy, workdir / "one-class-run", encoder="raw", size="tiny", epochs=2, batch_size=128)
@@ -199,7 +207,7 @@ def test_regression_standardizes_and_reports_original_units(workdir):
     targets = torch.from_numpy(train_targets[:5])
     assert torch.allclose(model.scores(model.standardize(targets)), targets, rtol=1e-5)
     test = data.windows("test")
-    predictions = score_windows(model, data, test)
+    predictions = score_points(model, data, test + data.seq_len - 1)
     truth = data.window_targets(test)
     figures = metrics["splits"]["test"]
     rmse = float(np.sqrt(np.mean((predictions[:, 0] - truth[:, 0]) ** 2)))
@@ -228,8 +236,9 @@ def test_evaluate_writes_metrics_and_curves(run, fraud_cards):
 def test_split_without_positives_gives_none_and_a_warning(workdir, run, fraud_cards):
     copy = workdir / "no-positives"
     shutil.copytree(fraud_cards.path, copy)
-    test = fraud_cards.windows("test")
-    np.save(copy / "windows_test.npy", test[fraud_cards.window_labels(test) == 0])
+    labels = np.array(fraud_cards.labels)
+    labels[fraud_cards.row_splits == 2] = 0
+    np.save(copy / "labels.npy", labels)
     with pytest.warns(UndefinedMetricWarning, match="undefined"):
         figures = evaluate(run, copy, "test")
     assert figures["positives"] == 0
@@ -291,3 +300,44 @@ def test_finetune_and_evaluate_commands(workdir, fraud_cards, capsys):
         warnings.simplefilter("ignore")
         assert main(["evaluate", "--model", str(workdir / "nowhere"), "--data", str(fraud_cards.path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+# ------------------------------------------------------------------------------------ prediction points
+
+
+def test_negatives_subsampled_and_labels_of_a_share_of_entities(fraud_cards):
+    options = FinetuneOptions.create(encoder="raw", negative_rate=0.2, label_fraction=0.5).for_task("classification")
+    train = PointSplit.read(fraud_cards, "train", options, 10, np.random.default_rng(0))
+    every = fraud_cards.points("train")
+    entity = np.searchsorted(fraud_cards.entity_offsets, every, side="right") - 1
+    kept_entities = np.unique(np.searchsorted(fraud_cards.entity_offsets, train.ends, side="right") - 1)
+    assert kept_entities.size == round(0.5 * np.unique(entity).size)
+    of_kept = every[np.isin(entity, kept_entities)]
+    labels = fraud_cards.labels[of_kept]
+    # every positive of the labelled entities stays; about a fifth of their negatives
+    assert train.truth.sum() == labels.sum()
+    assert abs((train.truth == 0).sum() / (labels == 0).sum() - 0.2) < 0.05
+    val = PointSplit.read(fraud_cards, "val", options, 10)
+    assert val.ends.size == (fraud_cards.row_splits == 1).sum()  # never subsampled
+
+
+def test_context_beyond_the_pretrained_rows_is_refused(workdir, fraud_cards, pretrained):
+    with pytest.raises(TabbertError, match="exceeds the"):
+        finetune(fraud_cards.path, workdir / "too-long", pretrained=pretrained, context=64, progress=False)
+
+
+def test_layer_decay_lowers_the_rate_layer_by_layer(fraud_cards, pretrained):
+    options = FinetuneOptions.create(pretrained=str(pretrained), unfreeze=True, layer_decay=0.5).for_task(
+        "classification")
+    model = build_model(fraud_cards, None, options, 10)
+    groups = parameter_groups(model, lr=1e-3, encoder_lr=1e-4, weight_decay=0.0, layer_decay=0.5)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    layers = model.config.num_hidden_layers
+    top = named[f"encoder.bert.encoder.layer.{layers - 1}.output.dense.weight"]
+    assert rate[id(top)] == pytest.approx(1e-4)
+    if layers > 1:
+        below = named[f"encoder.bert.encoder.layer.{layers - 2}.output.dense.weight"]
+        assert rate[id(below)] == pytest.approx(5e-5)
+    assert rate[id(named["encoder.field_embeddings.weight"])] == pytest.approx(1e-4 * 0.5 ** layers)
+    assert rate[id(named["head.output.weight"])] == 1e-3

@@ -72,11 +72,17 @@ def test_unknown_options_are_refused():
 def test_finetune_options_depend_on_the_task():
     options = FinetuneOptions.create(pretrained="runs/pre", unfreeze=True)
     classification = options.for_task("classification")
-    assert (classification.loss, classification.imbalance, classification.metric) == ("ce", "upsample", "pr_auc")
+    assert (classification.loss, classification.imbalance, classification.metric) == ("ce", "none", "pr_auc")
+    assert (classification.points, classification.label_mode, classification.negative_rate) == ("rows", "last", 0.1)
     assert classification.target_mode is None and classification.encoder_lr == 5e-5 and classification.size is None
+    assert classification.layer_decay == 0.8
+    paper = dataclasses.replace(options, points="windows").for_task("classification")
+    assert (paper.imbalance, paper.label_mode, paper.negative_rate, paper.upsample_ratio) == ("upsample", "any", 1.0, 0.5)
     regression = options.for_task("regression", ("pm",))
     assert (regression.loss, regression.imbalance, regression.metric) == ("mse", "none", "rmse")
-    assert regression.label_mode is None and regression.upsample_ratio is None
+    assert regression.label_mode is None and regression.upsample_ratio is None and regression.points == "windows"
+    with pytest.raises(TabbertError, match="negative_rate is a share"):
+        FinetuneOptions.create(encoder="raw", negative_rate=2.0)
     assert dataclasses.replace(options, metric="rmse_pm").for_task("regression", ("pm",)).metric == "rmse_pm"
     for settings, message in (({"metric": "rmse"}, "metric must be one of"), ({"loss": "mse"}, "loss must be one of"),
                               ({"task": "regression"}, "cannot be fine-tuned for regression")):

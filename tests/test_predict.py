@@ -14,7 +14,7 @@ from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.sources import read_card
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.errors import ArtifactError, DataError
-from tabbert.evaluation import score_windows
+from tabbert.evaluation import score_points
 from tabbert.inference import predict, score_table
 from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
@@ -90,7 +90,7 @@ def test_short_histories_are_padded_and_flagged(scored, fraud_card_csv, model_di
 def test_full_history_scores_match_the_prepared_windows(scored, model_dir, fraud_cards):
     model = load_run(model_dir).model
     starts = np.concatenate([fraud_cards.windows(split) for split in ("train", "val", "test")])
-    expected = score_windows(model, fraud_cards, starts)
+    expected = score_points(model, fraud_cards, starts + SEQ_LEN - 1)
     newest_rows = fraud_cards.row_ids[starts + SEQ_LEN - 1]
     by_row = scored.scores.sort("row")
     assert np.allclose(by_row["score"].to_numpy()[newest_rows], expected, atol=1e-5)

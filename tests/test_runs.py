@@ -14,7 +14,7 @@ from tabbert.cli import main
 from tabbert.data.tokenizer import PAD_ID
 from tabbert.embeddings import write_embeddings
 from tabbert.errors import ArtifactError, TabbertError
-from tabbert.evaluation import evaluate, score_windows
+from tabbert.evaluation import evaluate, score_points
 from tabbert.inference import predict
 from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
@@ -240,8 +240,8 @@ def test_padded_histories_are_the_windows_ending_at_each_row():
 def test_scores_are_independent_of_the_batch_size(finetune_run, fraud_cards):
     model = load_run(finetune_run).model
     starts = fraud_cards.windows("test")
-    assert np.array_equal(score_windows(model, fraud_cards, starts, batch_size=5),
-                          score_windows(model, fraud_cards, starts, batch_size=len(starts)))
+    assert np.array_equal(score_points(model, fraud_cards, starts, batch_size=5),
+                          score_points(model, fraud_cards, starts, batch_size=len(starts)))
 
 
 def test_a_fine_tuned_model_of_each_encoder_kind_loads_as_its_class(workdir, fraud_cards, pretrain_run):

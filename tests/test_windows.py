@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 
 from tabbert.data.windows import (
+    SPLITS,
     assign_by_time,
     assign_entities,
+    first_rows,
+    history_rows,
+    point_labels,
     window_labels,
     window_starts,
     window_targets,
@@ -57,3 +61,45 @@ def test_assign_entities_fractions_and_seed():
 
 def test_assign_by_time():
     assert assign_by_time(np.array([1, 5, 6, 9, 10]), (5, 10)).tolist() == [0, 1, 1, 1, 2]
+
+
+def test_histories_are_left_padded_within_the_entity():
+    offsets = np.array([0, 3, 10])
+    first = first_rows(offsets)
+    assert first.tolist() == [0, 0, 0, 3, 3, 3, 3, 3, 3, 3]
+    rows, real = history_rows(np.array([1, 9]), first, context=4)
+    # row 1 has one earlier row; the padding positions point at the entity's first row, masked out
+    assert rows.tolist() == [[0, 0, 0, 1], [6, 7, 8, 9]]
+    assert real.tolist() == [[False, False, True, True], [True] * 4]
+
+
+def test_point_labels_last_and_any_stay_inside_the_entity():
+    offsets = np.array([0, 3, 10])
+    labels = np.zeros(10, dtype=np.int8)
+    labels[[2, 5]] = 1
+    first = first_rows(offsets)
+    ends = np.arange(10)
+    assert point_labels(labels, ends, first, 3, "last").tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 0, 0]
+    # the positive row 2 of the first entity never reaches the second entity's rows 3 and 4
+    assert point_labels(labels, ends, first, 3, "any").tolist() == [0, 0, 1, 0, 0, 1, 1, 1, 0, 0]
+
+
+def test_every_row_is_a_point_of_the_split_of_its_windows(fraud_cards):
+    splits = fraud_cards.row_splits
+    assert splits.shape == (fraud_cards.n_rows,)
+    ends = {name: fraud_cards.points(name) for name in SPLITS}
+    assert sum(e.size for e in ends.values()) == fraud_cards.n_rows
+    windows = fraud_cards.points("test", "windows")
+    assert np.array_equal(windows, fraud_cards.windows("test") + fraud_cards.seq_len - 1)
+
+
+def test_entity_split_rows_follow_their_entity(tmp_path, fraud_card_csv):
+    from tabbert.data.preparation import prepare
+
+    data = prepare("card", fraud_card_csv, tmp_path / "by-entity", split="entity", seed=3)
+    for index, name in enumerate(SPLITS):
+        window_rows = data.windows(name)
+        assert (data.row_splits[window_rows] == index).all()
+    entity_of_row = np.searchsorted(data.entity_offsets, np.arange(data.n_rows), side="right") - 1
+    for entity in range(len(data.entities)):  # one split per entity
+        assert np.unique(data.row_splits[entity_of_row == entity]).size == 1

@@ -2,7 +2,7 @@
 
 Classification: F1, precision and recall at a threshold chosen on the *validation* split (the
 best-F1 threshold saved with the model at fine-tuning, else chosen now on this dataset's
-validation windows), ROC-AUC, PR-AUC, recall at 1 % false-positive rate and the confusion
+validation points), ROC-AUC, PR-AUC, recall at 1 % false-positive rate and the confusion
 matrix; PR and ROC curves as ``<split>_pr_curve.png`` and ``<split>_roc_curve.png``. A split
 with one class only leaves the ranking metrics undefined: they are ``None``, with a warning.
 Regression: RMSE and MAE per target and combined, in the targets' own units.
@@ -32,28 +32,31 @@ from tabbert.metrics import (
 )
 from tabbert.models.classifier import SequenceHeadModel, TabBertClassifierConfig
 from tabbert.plots import plot_pr_roc
-from tabbert.runs import check_compatible, choose_device, load_run, prepared_windows, score
+from tabbert.runs import check_compatible, choose_device, load_run, prepared_points, score
 
 EVAL_BATCH_SIZE = 256
 
 
-def window_truth(data: PreparedDataset, starts: np.ndarray, task: str, *, label_mode: str = "any",
-                 target_mode: str = "last") -> np.ndarray:
-    """Class labels ``[n]`` (int64) or regression targets (float32) of the windows at ``starts``."""
+def point_truth(data: PreparedDataset, ends: np.ndarray, task: str, context: int, *, label_mode: str = "last",
+                target_mode: str = "last") -> np.ndarray:
+    """Class labels ``[n]`` (int64) or regression targets (float32) of the points ``ends``."""
     if task == "classification":
-        return data.window_labels(starts, label_mode)
-    return data.window_targets(starts, target_mode).astype(np.float32)
+        return data.point_labels(ends, context, label_mode)
+    return data.point_targets(ends, context, target_mode).astype(np.float32)
 
 
-def model_truth(data: PreparedDataset, starts: np.ndarray, config: TabBertClassifierConfig) -> np.ndarray:
-    """:func:`window_truth` as the model was trained on it (its label or target mode)."""
-    return window_truth(data, starts, config.task, label_mode=config.label_mode, target_mode=config.target_mode)
+def model_points(data: PreparedDataset, split: str, config: TabBertClassifierConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction points of ``split`` as the model was trained on them, and their truth."""
+    ends = data.points(split, config.points)
+    truth = point_truth(data, ends, config.task, config.seq_len, label_mode=config.label_mode,
+                        target_mode=config.target_mode)
+    return ends, truth
 
 
-def score_windows(model: SequenceHeadModel, data: PreparedDataset, starts: np.ndarray,
-                  *, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+def score_points(model: SequenceHeadModel, data: PreparedDataset, ends: np.ndarray,
+                 *, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Positive-class probabilities ``[n]`` (or regression predictions in the targets' units)."""
-    return score(model, len(starts), prepared_windows(data, starts), batch_size=batch_size)
+    return score(model, len(ends), prepared_points(data, ends, model.config.seq_len), batch_size=batch_size)
 
 
 def figures(config: TabBertClassifierConfig, truth: np.ndarray, scores: np.ndarray, *,
@@ -102,13 +105,12 @@ def evaluate_model(model: SequenceHeadModel, data: PreparedDataset, split: str, 
                    threshold: tuple[float, str] | None = None) -> dict:
     """:func:`split_report` of a model in memory on ``split``. ``scores`` are the split's scores when
     known already; ``threshold`` the decision threshold and its source (default :func:`validation_threshold`)."""
-    starts = data.windows(split)
-    if starts.size == 0:
-        raise TabbertError(f"{data.path}: split {split!r} has no windows to evaluate")
     config = model.config
-    truth = model_truth(data, starts, config)
+    ends, truth = model_points(data, split, config)
+    if ends.size == 0:
+        raise TabbertError(f"{data.path}: split {split!r} has no prediction points to evaluate")
     if scores is None:
-        scores = score_windows(model, data, starts, batch_size=batch_size)
+        scores = score_points(model, data, ends, batch_size=batch_size)
     if config.task == "classification" and threshold is None:
         threshold = validation_threshold(model, data, batch_size=batch_size)
     value, source = threshold or (None, None)
@@ -121,13 +123,12 @@ def validation_threshold(model: SequenceHeadModel, data: PreparedDataset, *,
     """The decision threshold and where it came from: the model's saved one, else best F1 on ``val``."""
     if model.config.threshold is not None:
         return model.config.threshold, "model (best F1 on validation at fine-tuning)"
-    starts = data.windows("val")
-    labels = model_truth(data, starts, model.config)
+    ends, labels = model_points(data, "val", model.config)
     if labels.sum() == 0:
         warnings.warn("the validation split has no positives: using the threshold 0.5", UndefinedMetricWarning,
                       stacklevel=2)
         return 0.5, "default 0.5 (no validation positives)"
-    return best_f1_threshold(labels, score_windows(model, data, starts, batch_size=batch_size)), "best F1 on val"
+    return best_f1_threshold(labels, score_points(model, data, ends, batch_size=batch_size)), "best F1 on val"
 
 
 def merge_split(run_dir: Path, split: str, values: dict) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from tabbert.data.schema import TIME_FEATURES
-from tabbert.data.windows import LABEL_MODES, SPLIT_METHODS, TARGET_MODES, split_fractions
+from tabbert.data.windows import LABEL_MODES, POINT_KINDS, SPLIT_METHODS, TARGET_MODES, split_fractions
 from tabbert.errors import TabbertError
 from tabbert.models.sizes import MODEL_SIZES
 
@@ -258,19 +258,33 @@ class FinetuneOptions(Options):
     size: str = option("small", choices=SIZES, group="model",
                        help="with --encoder raw: embedding and row widths of that model size")
     unfreeze: bool = option(False, group="model", help="train the pre-trained encoder too, at --encoder-lr "
-                            "(default: frozen)")
+                            "decayed by --layer-decay per layer below the top (default: frozen)")
+    points: str | None = option(None, choices=POINT_KINDS, group="task",
+                                help="prediction points: every row scored from its history (default for "
+                                "classification), or the newest rows of the stride windows (the paper; default "
+                                "for regression)")
+    context: int | None = option(None, at_least=1, group="task",
+                                 help="rows of history per prediction point (default: the dataset's --seq-len; "
+                                 "at most the pre-trained encoder's rows)")
     task: str | None = option(None, choices=TASKS, group="task", help="default: the dataset's task")
-    label_mode: str = option("any", choices=LABEL_MODES, aliases=("--label",), group="task",
-                             help="classification: a window is positive when any row is (the paper) or when its "
-                             "last row is (score a row from its history)")
+    label_mode: str | None = option(None, choices=LABEL_MODES, aliases=("--label",), group="task",
+                                    help="classification: a point is positive when its last row is (default with "
+                                    "--points rows) or when any row of its history is (default with --points windows)")
     target_mode: str = option("last", choices=TARGET_MODES, aliases=("--target",), group="task",
                               help="regression: predict the last row's targets or every row's")
     loss: str | None = option(None, choices=("ce", "rmse", "mse"), group="task",
                               help="classification: ce (default) or rmse between softmax and one-hot; "
                               "regression: mse (default) or rmse, on standardized targets")
     imbalance: str | None = option(None, choices=IMBALANCE, group="task",
-                                   help="classification: repeat positive windows (default), weigh the loss, or "
-                                   "nothing")
+                                   help="classification: repeat positive points (default with --points windows), "
+                                   "weigh the loss, or nothing (default with --points rows)")
+    negative_rate: float | None = option(None, above=0, group="task",
+                                         help="share of the negative training points kept, drawn once with --seed "
+                                         "(default: 0.1 with --points rows, else 1); scores then overstate the "
+                                         "positive rate, while rankings and the validation threshold hold")
+    label_fraction: float = option(1.0, above=0, group="task",
+                                   help="train on the labels of this seeded share of the training entities only "
+                                   "(label-budget experiments)")
     upsample_ratio: float = option(0.5, above=0, below=1, group="task",
                                    help="share of positive windows in an upsampled epoch")
     metric: str | None = option(None, group="task",
@@ -284,6 +298,9 @@ class FinetuneOptions(Options):
     grad_accum: int = option(1, help="batches per optimizer step", at_least=1, group="training")
     lr: float = option(1e-3, help="learning rate of the head", above=0, group="training")
     encoder_lr: float = option(5e-5, help="learning rate of the encoder with --unfreeze", above=0, group="training")
+    layer_decay: float = option(0.8, above=0, group="training",
+                                help="with --unfreeze: each encoder layer below the top learns at this factor of "
+                                "the one above (layer-wise learning-rate decay)")
     weight_decay: float = option(0.01, help="AdamW weight decay", at_least=0, group="training")
     warmup_ratio: float = option(0.1, at_least=0, below=1, group="training",
                                  help="share of the steps with a linear warm-up before the cosine decay")
@@ -297,6 +314,9 @@ class FinetuneOptions(Options):
         object.__setattr__(self, "epochs", int(self.epochs))
         if self.encoder == "pretrained" and self.pretrained is None:
             raise TabbertError("a pre-trained encoder needs --pretrained RUN/model (or use --encoder raw)")
+        for name in ("negative_rate", "label_fraction"):
+            if (getattr(self, name) or 0) > 1:
+                raise TabbertError(f"{name} is a share, at most 1; got {getattr(self, name)}")
         if self.encoder == "raw" and self.pretrained is not None:
             raise TabbertError("--encoder raw trains field embeddings from scratch and takes no --pretrained")
         if self.pretrained is not None:
@@ -308,14 +328,18 @@ class FinetuneOptions(Options):
         if self.task not in (None, task):
             raise TabbertError(f"a {task} dataset cannot be fine-tuned for {self.task}")
         classification = task == "classification"
-        imbalance = self.imbalance or ("upsample" if classification else "none")
+        points = self.points or ("rows" if classification else "windows")
+        imbalance = self.imbalance or ("upsample" if classification and points == "windows" else "none")
         resolved = dataclasses.replace(
             self, task=task, loss=self.loss or LOSSES[task][0], imbalance=imbalance,
             metric=self.metric or ("pr_auc" if classification else "rmse"),
             size=self.size if self.encoder == "raw" else None,
             encoder_lr=self.encoder_lr if self.unfreeze and self.encoder == "pretrained" else None,
             upsample_ratio=self.upsample_ratio if imbalance == "upsample" else None,
-            label_mode=self.label_mode if classification else None,
+            label_mode=(self.label_mode or ("last" if points == "rows" else "any")) if classification else None,
+            points=points,
+            negative_rate=(self.negative_rate or (0.1 if points == "rows" else 1.0)) if classification else None,
+            layer_decay=self.layer_decay if self.unfreeze and self.encoder == "pretrained" else None,
             target_mode=None if classification else self.target_mode,
         )
         metrics = ("loss", *CLASSIFICATION_METRICS) if classification else (
@@ -350,8 +374,18 @@ class BaselineOptions(Options):
     step: ClassVar[str] = "baseline"
 
     kind: str = option(help="which baseline to train", choices=BASELINE_KINDS)
-    label_mode: str = option("any", choices=LABEL_MODES, aliases=("--label",),
-                             help="window label: any row positive (the paper) or the last row's label")
+    points: str | None = option(None, choices=POINT_KINDS,
+                                help="prediction points: every row from its history (default), or the newest rows "
+                                "of the stride windows (the paper)")
+    label_mode: str | None = option(None, choices=LABEL_MODES, aliases=("--label",),
+                                    help="a point's label: its last row's (default with --points rows) or 1 when any "
+                                    "row of its history is positive (default with --points windows)")
+    context: int | None = option(None, at_least=1, help="rows of history per point (default: the dataset's --seq-len)")
+    negative_rate: float | None = option(None, above=0,
+                                         help="share of the negative training points kept, drawn once with --seed "
+                                         "(default: 0.1 with --points rows, else 1)")
+    label_fraction: float = option(1.0, above=0,
+                                   help="train on the labels of this seeded share of the training entities only")
     seed: int = option(0, help="random seed")
     lr: float | None = option(None, above=0, aliases=("--learning-rate",),
                               help="learning rate (default 0.05 for lightgbm, the fine-tuning default otherwise)")
@@ -394,6 +428,8 @@ class BaselineOptions(Options):
 
     def finetune_options(self) -> FinetuneOptions:
         """The fine-tuning that trains the ``lstm`` or ``mlp`` baseline."""
-        settings = dict(encoder="raw", head=self.kind, label_mode=self.label_mode, seed=self.seed,
-                        epochs=self.epochs, batch_size=self.batch_size, size=self.size, device=self.device)
+        settings = dict(encoder="raw", head=self.kind, points=self.points, label_mode=self.label_mode,
+                        context=self.context, negative_rate=self.negative_rate, label_fraction=self.label_fraction,
+                        seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size,
+                        device=self.device)
         return FinetuneOptions.create(**settings, **({} if self.lr is None else {"lr": self.lr}))

@@ -20,7 +20,7 @@ Windows
 batch, without gradients. A *gather* function ``gather(begin, end)`` returns the inputs of
 windows ``begin`` to ``end`` (token ids ``[b, L, F]``, or whatever the step takes) and their
 attention mask ``[b, L]`` (None: no padding). :func:`prepared_windows` gathers the windows of a
-prepared dataset; :func:`padded_histories` gathers, for every row of an ordered token matrix,
+prepared dataset, :func:`prepared_points` the histories of its prediction points; :func:`padded_histories` gathers, for every row of an ordered token matrix,
 the window that ends at that row, padded in front when the row's history is shorter.
 """
 
@@ -189,6 +189,18 @@ def prepared_windows(data: PreparedDataset, starts: np.ndarray) -> Gather:
     """Batches of the windows of ``data`` that start at ``starts``: their token ids, no padding."""
     starts = np.asarray(starts, dtype=np.int64)
     return lambda begin, end: (data.window_tokens(starts[begin:end]).astype(np.int64), None)
+
+
+def prepared_points(data: PreparedDataset, ends: np.ndarray, context: int) -> Gather:
+    """Batches of the histories of ``context`` rows that end at the rows ``ends`` of ``data``,
+    padded in front when a row's entity has fewer earlier rows."""
+    ends = np.asarray(ends, dtype=np.int64)
+
+    def gather(begin: int, end: int) -> tuple[np.ndarray, np.ndarray | None]:
+        ids, mask = data.history_tokens(ends[begin:end], context)
+        return ids.astype(np.int64), mask
+
+    return gather
 
 
 def padded_histories(tokens: np.ndarray, entity_start: np.ndarray, seq_len: int) -> Gather:

@@ -125,7 +125,7 @@ def _params(options: BaselineOptions) -> dict:
 
 def _fit_classifier(data, starts, features, layout, params, out, options) -> tuple[dict, float, dict]:
     """Fit the window classifier; its training facts, threshold and validation and test figures."""
-    labels = {split: data.window_labels(starts[split], options.label_mode) for split in SPLITS}
+    labels = {split: data.window_labels(starts[split], options.label_mode or "any") for split in SPLITS}
     train = labels["train"]
     positives = int(train.sum())
     if positives in (0, train.size):

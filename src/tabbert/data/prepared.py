@@ -33,8 +33,18 @@ from typing import Self
 import numpy as np
 
 from tabbert.atomic import write_json_atomic
-from tabbert.data.tokenizer import TabularTokenizer
-from tabbert.data.windows import SPLITS, window_labels, window_targets
+from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
+from tabbert.data.windows import (
+    SPLITS,
+    assign_by_time,
+    assign_entities,
+    assign_random,
+    first_rows,
+    history_rows,
+    point_labels,
+    window_labels,
+    window_targets,
+)
 from tabbert.errors import ArtifactError, TabbertError
 
 FORMAT_VERSION = 1
@@ -125,6 +135,64 @@ class PreparedDataset:
         """Token ids ``[n, seq_len, n_fields]`` of the windows starting at ``starts``."""
         rows = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(self.seq_len)
         return np.asarray(self.tokens[rows.ravel()]).reshape(len(rows), self.seq_len, -1)
+
+    # ------------------------------------------------------------------ prediction points
+    @cached_property
+    def first_rows(self) -> np.ndarray:
+        """The first row of each row's entity."""
+        return first_rows(self.entity_offsets)
+
+    @cached_property
+    def row_splits(self) -> np.ndarray:
+        """The split id of every row (0 train, 1 val, 2 test), by the rule that split the windows:
+        the row's entity (``entity``), the row's time (``time``) or a seeded draw per row (``random``)."""
+        split = self.meta["split"]
+        fractions, seed = split["fractions"], split["seed"]
+        if split["method"] == "entity":
+            return np.repeat(assign_entities(len(self.entity_offsets) - 1, fractions, seed),
+                             np.diff(self.entity_offsets))
+        if split["method"] == "time":
+            cutoffs = tuple(int(np.datetime64(bound, "us").astype(np.int64)) for bound in split["cutoffs"])
+            return assign_by_time(self.times, cutoffs)
+        return assign_random(self.n_rows, fractions, seed)
+
+    def points(self, split: str, kind: str = "rows") -> np.ndarray:
+        """The prediction points of ``split`` (their newest rows): every row of the split (``rows``)
+        or the newest row of each of its windows (``windows``)."""
+        if kind == "windows":
+            return self.windows(split) + (self.seq_len - 1)
+        if kind != "rows":
+            raise TabbertError(f"unknown kind of prediction points {kind!r}; choose rows or windows")
+        if split not in SPLITS:
+            raise TabbertError(f"unknown split {split!r}; choose from {SPLITS}")
+        return np.flatnonzero(self.row_splits == SPLITS.index(split))
+
+    def history_tokens(self, ends: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ids ``[n, context, n_fields]`` of the histories ending at ``ends``, [PAD] in front of
+        short ones, and their attention mask ``[n, context]`` (None when no history is short)."""
+        rows, real = history_rows(ends, self.first_rows, context)
+        ids = np.asarray(self.tokens[rows.ravel()]).reshape(*rows.shape, -1)
+        if real.all():
+            return ids, None
+        ids = np.where(real[..., None], ids, PAD_ID)
+        return ids, real.astype(np.int64)
+
+    def point_labels(self, ends: np.ndarray, context: int, mode: str = "last") -> np.ndarray:
+        if self.labels is None:
+            raise TabbertError(f"{self.path}: a regression dataset has no class labels")
+        return point_labels(self.labels, ends, self.first_rows, context, mode)
+
+    def point_targets(self, ends: np.ndarray, context: int, mode: str = "last") -> np.ndarray:
+        """The last row's targets ``[n, T]``, or every row's ``[n, context, T]`` (full histories only)."""
+        if self.targets is None:
+            raise TabbertError(f"{self.path}: a classification dataset has no regression targets")
+        ends = np.asarray(ends, dtype=np.int64)
+        if mode == "last":
+            return np.asarray(self.targets[ends])
+        rows, real = history_rows(ends, self.first_rows, context)
+        if not real.all():
+            raise TabbertError("every row's targets need full histories: use windows as prediction points")
+        return np.asarray(self.targets[rows.ravel()]).reshape(*rows.shape, -1)
 
     def window_labels(self, starts: np.ndarray, mode: str = "any") -> np.ndarray:
         if self.labels is None:

@@ -1,9 +1,18 @@
-"""Windows over the prepared token matrix: their index, labels and train/val/test splits.
+"""Prediction points and windows over the prepared token matrix: their index, labels and splits.
 
-A window is ``seq_len`` consecutive rows of one entity, stored only as its start row in the
-entity-then-time ordered matrix. Windows start every ``stride`` rows; when the last stride does
-not reach an entity's newest row, one more window ending there is added, so every row of an
-entity with at least ``seq_len`` rows lies in some window.
+A *prediction point* is a row scored from its causal history: the ``context`` rows of its entity
+that end at it (itself included), with [PAD] rows in front when the entity has fewer earlier rows.
+A point is stored as its row (the newest of its history) in the entity-then-time ordered matrix.
+Two kinds (``POINT_KINDS``):
+
+* ``rows`` (the default for classification): every row is a point, labelled by its own label;
+* ``windows`` (the paper's protocol): the newest rows of the stride windows, labelled positive
+  when any row of the window is.
+
+A *window* is ``seq_len`` consecutive rows of one entity, stored as its start row. Windows start
+every ``stride`` rows; when the last stride does not reach an entity's newest row, one more
+window ending there is added, so every row of an entity with at least ``seq_len`` rows lies in
+some window. Pre-training reads windows.
 """
 
 from __future__ import annotations
@@ -17,6 +26,36 @@ SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("entity", "time", "random")
 LABEL_MODES = ("any", "last")  # a window is positive when any of its rows is, or when its last row is
 TARGET_MODES = ("last", "all")  # a window's regression targets: its last row's, or every row's
+POINT_KINDS = ("rows", "windows")  # every row from its history, or the newest rows of the stride windows
+
+
+def first_rows(entity_offsets: np.ndarray) -> np.ndarray:
+    """The first row of each row's entity, ``[n_rows]``."""
+    offsets = np.asarray(entity_offsets, dtype=np.int64)
+    return np.repeat(offsets[:-1], np.diff(offsets))
+
+
+def history_rows(ends: np.ndarray, entity_first_rows: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``[n, context]`` of the histories that end at ``ends`` (oldest first) and a mask
+    of the real ones; rows before the entity's first row are not real (their index is clipped to it)."""
+    ends = np.asarray(ends, dtype=np.int64)
+    rows = ends[:, None] + np.arange(1 - context, 1)
+    real = rows >= entity_first_rows[ends][:, None]
+    return np.maximum(rows, entity_first_rows[ends][:, None]), real
+
+
+def point_labels(row_labels: np.ndarray, ends: np.ndarray, entity_first_rows: np.ndarray, context: int,
+                 mode: str = "last") -> np.ndarray:
+    """Labels of the points ``ends``: their ``last`` row's, or 1 when ``any`` row of their history is."""
+    ends = np.asarray(ends, dtype=np.int64)
+    labels = np.asarray(row_labels)
+    if mode == "last":
+        return labels[ends].astype(np.int64)
+    if mode == "any":
+        positives_before = np.concatenate([[0], np.cumsum(labels > 0)])
+        begin = np.maximum(ends - context + 1, entity_first_rows[ends])
+        return (positives_before[ends + 1] > positives_before[begin]).astype(np.int64)
+    raise TabbertError(f"label mode must be one of {LABEL_MODES}, got {mode!r}")
 
 
 def window_starts(entity_offsets: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -120,10 +120,11 @@ class TabBertClassifierConfig(TabBertConfig):
         head_dropout: dropout before the head's output layer.
         loss: see the module docstring; defaults to ``ce`` or ``mse`` by task.
         class_weights: per-class weights of the classification loss, or None.
-        label_mode: window label, ``any`` row positive or the ``last`` row's.
+        label_mode: a point's label, the ``last`` row's or 1 when ``any`` row of its history is positive.
+        points: ``rows`` (every row from its history) or ``windows`` (the paper's stride windows).
         target_mode: regression target, the ``last`` row's or ``all`` rows'.
         target_names, target_mean, target_std: regression targets and their training statistics.
-        seq_len: rows per window the model was trained on.
+        seq_len: rows of history per point (the context) the model was trained on.
         threshold: score threshold for a positive prediction (best F1 on validation), if chosen.
     """
 
@@ -141,6 +142,7 @@ class TabBertClassifierConfig(TabBertConfig):
         class_weights: Sequence[float] | None = None,
         label_mode: str = "any",
         target_mode: str = "last",
+        points: str = "windows",
         target_names: Sequence[str] = (),
         target_mean: Sequence[float] = (),
         target_std: Sequence[float] = (),
@@ -158,6 +160,7 @@ class TabBertClassifierConfig(TabBertConfig):
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.label_mode = label_mode
         self.target_mode = target_mode
+        self.points = points
         self.target_names = [str(name) for name in target_names]
         self.target_mean = [float(v) for v in target_mean]
         self.target_std = [float(v) for v in target_std]

@@ -3,28 +3,36 @@
 :func:`finetune` runs five steps: build the model, train it with early stopping, choose the
 decision threshold, save it, evaluate it (the model in memory) on the validation and test splits.
 
+Prediction points
+-----------------
+``points="rows"`` (the default for classification) scores every row from its causal history of
+``context`` rows, left-padded, labelled by the row's own label (``label_mode="last"``);
+``points="windows"`` reproduces the paper: the stride windows, positive when ``any`` row is.
+Training may keep only a seeded share ``negative_rate`` of the negative points (0.1 by default
+with rows), drawn once; validation and test points are never subsampled. ``label_fraction``
+keeps the labels of a seeded share of the training entities only (label-budget experiments).
+
 Training
 --------
 AdamW (no weight decay on biases and norm weights), a cosine schedule after a linear warm-up,
 gradient accumulation and clipping. The pre-trained encoder is frozen by default (its weights
-fixed and its dropout off); ``unfreeze`` trains it too, at its own smaller learning rate
-``encoder_lr``. ``encoder="raw"`` trains field embeddings from scratch instead (the paper's raw
-LSTM/MLP baselines). After every epoch the validation windows are scored; the best epoch by
-``metric`` is kept (PR-AUC by default; regression: the lowest RMSE) and training stops after
-``patience`` epochs without improvement. When the validation windows leave the metric undefined
-(one class only), it is shown as n/a, a warning says so once, and the lowest validation loss
-picks the best epoch instead. A frozen encoder gives every window the same outputs in every
-epoch, so they are computed once and the head trains on them (up to ``FROZEN_CACHE_BYTES`` of
-outputs; beyond that the encoder runs with each batch).
+fixed and its dropout off); ``unfreeze`` trains it too, at ``encoder_lr`` for its top layer and
+``layer_decay`` times less per layer below (layer-wise learning-rate decay). ``encoder="raw"``
+trains field embeddings from scratch instead (the paper's raw LSTM/MLP baselines). After every
+epoch the validation points are scored; the best epoch by ``metric`` is kept (PR-AUC by default;
+regression: the lowest RMSE) and training stops after ``patience`` epochs without improvement.
+When the validation points leave the metric undefined (one class only), it is shown as n/a, a
+warning says so once, and the lowest validation loss picks the best epoch instead. A frozen
+encoder gives every point the same outputs in every epoch, so they are computed once and the
+head trains on them (up to ``FROZEN_CACHE_BYTES`` of outputs; beyond that the encoder runs with
+each batch).
 
-Rare positives: ``imbalance="upsample"`` (the default for classification, as in the paper)
-repeats positive training windows every epoch until they make ``upsample_ratio`` of it;
-``"weights"`` weighs the loss by inverse class frequency; ``"none"`` leaves the data alone.
-
-Labels: ``label_mode="any"`` (a window is positive when any of its rows is: the paper) or
-``"last"`` (the newest row's label: score a transaction from its history, as ``tabbert predict``
-does). Regression targets: the last row's (``target_mode="last"``) or every row's (``"all"``),
-standardized with the training windows' mean and standard deviation; reported in their own units.
+Rare positives: ``imbalance="upsample"`` (the default with windows, as in the paper) repeats
+positive training points every epoch until they make ``upsample_ratio`` of it; ``"weights"``
+weighs the loss by inverse class frequency; ``"none"`` (the default with rows) leaves the data
+alone. Regression targets: the last row's (``target_mode="last"``) or every row's (``"all"``,
+windows only), standardized with the training points' mean and standard deviation; reported in
+their own units.
 
 Run directory
 -------------
@@ -41,6 +49,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +60,8 @@ from transformers import get_cosine_schedule_with_warmup
 from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.errors import TabbertError
-from tabbert.evaluation import EVAL_BATCH_SIZE, evaluate_model, figures, validation_threshold, window_truth
+from tabbert.data.windows import history_rows
+from tabbert.evaluation import EVAL_BATCH_SIZE, evaluate_model, figures, point_truth, validation_threshold
 from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold, undefined_metrics
 from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClassification, save_classifier
 from tabbert.models.raw import RawFieldsForSequenceClassification
@@ -63,29 +73,48 @@ from tabbert.runs import (
     classifier_logits,
     forward_windows,
     load_run,
-    prepared_windows,
+    prepared_points,
 )
 
 FROZEN_CACHE_BYTES = 4 << 30
 
 
 @dataclass
-class WindowSplit:
-    """The windows of one split: start rows and their labels or targets."""
+class PointSplit:
+    """The prediction points of one split: their newest rows and their labels or targets."""
 
     name: str
-    starts: np.ndarray
+    ends: np.ndarray
     truth: np.ndarray
     states: torch.Tensor | None = None  # the frozen encoder's outputs, when cached
+    masks: torch.Tensor | None = None  # their attention masks, when some history is short
 
     @classmethod
-    def read(cls, data: PreparedDataset, name: str, options: FinetuneOptions) -> WindowSplit:
-        starts = data.windows(name)
-        if starts.size == 0:
-            raise TabbertError(f"{data.path}: the {name} split has no windows; prepare with other fractions")
-        truth = window_truth(data, starts, options.task, label_mode=options.label_mode,
-                             target_mode=options.target_mode)
-        return cls(name, starts, truth)
+    def read(cls, data: PreparedDataset, name: str, options: FinetuneOptions, context: int,
+             rng: np.random.Generator | None = None) -> PointSplit:
+        """The points of split ``name``; with ``rng`` (training), only those that
+        ``options.label_fraction`` and ``options.negative_rate`` keep."""
+        ends = data.points(name, options.points)
+        if ends.size == 0:
+            raise TabbertError(f"{data.path}: the {name} split has no prediction points; prepare with other "
+                               "fractions")
+        if rng is not None and options.label_fraction < 1:
+            ends = labelled_entities_points(data, ends, options.label_fraction, rng)
+        truth = point_truth(data, ends, options.task, context, label_mode=options.label_mode,
+                            target_mode=options.target_mode)
+        if rng is not None and options.task == "classification" and options.negative_rate < 1:
+            keep = (truth == 1) | (rng.random(truth.size) < options.negative_rate)
+            ends, truth = ends[keep], truth[keep]
+        return cls(name, ends, truth)
+
+
+def labelled_entities_points(data: PreparedDataset, ends: np.ndarray, fraction: float,
+                             rng: np.random.Generator) -> np.ndarray:
+    """The points of a seeded ``fraction`` of the entities that ``ends`` belong to."""
+    entity = np.searchsorted(data.entity_offsets, ends, side="right") - 1
+    entities = np.unique(entity)
+    chosen = rng.choice(entities, max(1, round(fraction * entities.size)), replace=False)
+    return ends[np.isin(entity, chosen)]
 
 
 def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions | None = None, *,
@@ -101,15 +130,18 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
     options = FinetuneOptions.create(options, **settings).for_task(data.task, tuple(data.meta["labels"]))
     out = Path(out_dir)
     check_output_dir(out)
-    train, val = WindowSplit.read(data, "train", options), WindowSplit.read(data, "val", options)
+    context = options.context or data.seq_len
+    rng = np.random.default_rng(options.seed)
+    train = PointSplit.read(data, "train", options, context, rng)
+    val = PointSplit.read(data, "val", options, context)
     if options.task == "classification" and train.truth.sum() == 0:
-        raise TabbertError(f"{data.path}: the training split has no positive windows "
+        raise TabbertError(f"{data.path}: the training split has no positive points "
                            f"(label mode {options.label_mode!r})")
     device = choose_device(options.device)
 
     torch.manual_seed(options.seed)
-    model = build_model(data, train, options).to(device)
-    training = train_with_early_stopping(model, data, train, val, options, progress=progress)
+    model = build_model(data, train, options, context).to(device)
+    training = train_with_early_stopping(model, data, train, val, options, rng, progress=progress)
     train_seconds = time.perf_counter() - started
     model.load_state_dict(training.best.state)
     model.config.threshold = choose_threshold(options, val.truth, training.best.scores)
@@ -135,11 +167,13 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
 # ---------------------------------------------------------------------------------------------- step 1: the model
 
 
-def build_model(data: PreparedDataset, train: WindowSplit, options: FinetuneOptions) -> SequenceHeadModel:
-    """A new model for ``data``: a head on the pre-trained encoder, or on raw field embeddings."""
+def build_model(data: PreparedDataset, train: PointSplit, options: FinetuneOptions,
+                context: int) -> SequenceHeadModel:
+    """A new model for ``data`` reading ``context`` rows per point: a head on the pre-trained
+    encoder, or on raw field embeddings."""
     tokenizer = data.tokenizer
     settings = dict(head=options.head, task=options.task, loss=options.loss, label_mode=options.label_mode or "any",
-                    target_mode=options.target_mode or "last")
+                    target_mode=options.target_mode or "last", points=options.points)
     if options.task == "classification":
         weights = _class_weights(train.truth) if options.imbalance == "weights" else None
         settings.update(num_outputs=2, class_weights=weights)
@@ -152,12 +186,15 @@ def build_model(data: PreparedDataset, train: WindowSplit, options: FinetuneOpti
         settings.update(num_outputs=train.truth[0].size, target_names=names, target_mean=mean.tolist(),
                         target_std=np.where(std > 0, std, 1.0).tolist())
     if options.encoder == "raw":
-        return RawFieldsForSequenceClassification.for_tokenizer(tokenizer, options.size, seq_len=data.seq_len,
+        return RawFieldsForSequenceClassification.for_tokenizer(tokenizer, options.size, seq_len=context,
                                                                 **settings)
     pretrained = load_run(options.pretrained, expect="encoder")
     check_compatible(pretrained, data)
+    if context > pretrained.config.max_rows:
+        raise TabbertError(f"--context {context} exceeds the {pretrained.config.max_rows} rows the pre-trained "
+                           f"encoder {options.pretrained} reads; pre-train on longer windows (--seq-len)")
     model = TabBertForSequenceClassification.from_encoder(pretrained.model, freeze_encoder=not options.unfreeze,
-                                                          seq_len=data.seq_len, **settings)
+                                                          seq_len=context, **settings)
     model.config.schema_fingerprint = model.config.schema_fingerprint or tokenizer.fingerprint()
     return model
 
@@ -185,7 +222,8 @@ class Optimization:
     @classmethod
     def create(cls, model: SequenceHeadModel, options: FinetuneOptions, steps_per_epoch: int) -> Optimization:
         encoder_lr = options.lr if options.encoder == "raw" else options.encoder_lr
-        groups = parameter_groups(model, lr=options.lr, encoder_lr=encoder_lr, weight_decay=options.weight_decay)
+        groups = parameter_groups(model, lr=options.lr, encoder_lr=encoder_lr, weight_decay=options.weight_decay,
+                                  layer_decay=options.layer_decay if options.encoder == "pretrained" else None)
         optimizer = torch.optim.AdamW(groups)
         total_steps = steps_per_epoch * options.epochs
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(options.warmup_ratio * total_steps), total_steps)
@@ -222,24 +260,24 @@ class Training:
 
     metric: str
     optimization: Optimization
-    windows_per_epoch: int
+    points_per_epoch: int
     epochs: int
     history: list[dict] = field(default_factory=list)
     best: BestEpoch | None = None
 
-    def report(self, model: SequenceHeadModel, device: torch.device, train: WindowSplit, val: WindowSplit,
+    def report(self, model: SequenceHeadModel, device: torch.device, train: PointSplit, val: PointSplit,
                seconds: float) -> dict:
         """The ``training`` part of the run's metrics."""
         parameters = list(model.parameters())
-        windows = {"train": int(train.starts.size), "train_per_epoch": self.windows_per_epoch,
-                   "val": int(val.starts.size)}
+        points = {"kind": model.config.points, "context": model.config.seq_len, "train": int(train.ends.size),
+                  "train_per_epoch": self.points_per_epoch, "val": int(val.ends.size)}
         if model.config.task == "classification":
-            windows.update(train_positive=int(train.truth.sum()), val_positive=int(val.truth.sum()))
+            points.update(train_positive=int(train.truth.sum()), val_positive=int(val.truth.sum()))
         return {
             "device": str(device),
             "parameters": {"total": sum(p.numel() for p in parameters),
                            "trainable": sum(p.numel() for p in parameters if p.requires_grad)},
-            "windows": windows,
+            "points": points,
             "epochs": self.history,
             "log_history": self.optimization.log_history,
             "metric": self.metric,
@@ -250,11 +288,11 @@ class Training:
         }
 
 
-def train_with_early_stopping(model: SequenceHeadModel, data: PreparedDataset, train: WindowSplit,
-                              val: WindowSplit, options: FinetuneOptions, *, progress: bool = False) -> Training:
-    """Train epoch by epoch, score the validation windows after each, keep the best epoch, and stop
+def train_with_early_stopping(model: SequenceHeadModel, data: PreparedDataset, train: PointSplit,
+                              val: PointSplit, options: FinetuneOptions, rng: np.random.Generator, *,
+                              progress: bool = False) -> Training:
+    """Train epoch by epoch, score the validation points after each, keep the best epoch, and stop
     after ``options.patience`` epochs without a better one."""
-    rng = np.random.default_rng(options.seed)
     for split in (train, val):
         cache_encoder_outputs(model, data, split, progress=progress)
     order = training_order(train.truth, options, rng)
@@ -270,10 +308,10 @@ def train_with_early_stopping(model: SequenceHeadModel, data: PreparedDataset, t
     return training
 
 
-def run_epoch(model: SequenceHeadModel, data: PreparedDataset, train: WindowSplit, val: WindowSplit,
+def run_epoch(model: SequenceHeadModel, data: PreparedDataset, train: PointSplit, val: PointSplit,
               order: np.ndarray, training: Training, options: FinetuneOptions, epoch: int, *,
               progress: bool = False) -> None:
-    """Train one epoch on ``train.starts[order]``, score ``val``, log it and keep it if it is the best."""
+    """Train one epoch on the points ``order`` of ``train``, score ``val``, log it and keep it if it is the best."""
     started = time.perf_counter()
     optimization = training.optimization
     train_loss = train_epoch(model, data, train, order, optimization, batch_size=options.batch_size, epoch=epoch,
@@ -295,23 +333,23 @@ def run_epoch(model: SequenceHeadModel, data: PreparedDataset, train: WindowSpli
                    f"{_shown(value)}" + (" (best)" if training.best.epoch == epoch else ""))
 
 
-def validation_metric(options: FinetuneOptions, val: WindowSplit) -> str:
+def validation_metric(options: FinetuneOptions, val: PointSplit) -> str:
     """The figure that picks the best epoch: ``options.metric``, or the loss when the validation
-    windows leave it undefined (said once, with an :class:`UndefinedMetricWarning`)."""
+    points leave it undefined (said once, with an :class:`UndefinedMetricWarning`)."""
     metric = options.metric
     if options.task != "classification" or metric not in undefined_metrics(val.truth):
         return metric
     positives = int(val.truth.sum())
-    warnings.warn(f"the validation windows hold one class only ({positives} positive of {val.truth.size}): "
+    warnings.warn(f"the validation points hold one class only ({positives} positive of {val.truth.size}): "
                   f"{metric} is undefined (shown as n/a); the best epoch is the one with the lowest validation "
                   "loss", UndefinedMetricWarning, stacklevel=4)
     return "loss"
 
 
-def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit,
+def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: PointSplit,
                 order: np.ndarray, optimization: Optimization, *, batch_size: int, epoch: int,
                 progress: bool = False, description: str = "training") -> float:
-    """One pass over the windows ``split.starts[order]``; returns the mean batch loss."""
+    """One pass over the points ``order`` of ``split``; returns the mean batch loss."""
     model.train()
     device = model.device
     n_batches = math.ceil(len(order) / batch_size)
@@ -321,10 +359,13 @@ def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: WindowSp
         index = order[batch * batch_size:(batch + 1) * batch_size]
         labels = torch.from_numpy(split.truth[index]).to(device)
         if split.states is not None:
-            loss = model.compute_loss(model.head(split.states[index].to(device), None), labels)
+            mask = None if split.masks is None else split.masks[index].to(device)
+            loss = model.compute_loss(model.head(split.states[index].to(device), mask), labels)
         else:
-            input_ids = torch.from_numpy(data.window_tokens(split.starts[index]).astype(np.int64)).to(device)
-            loss = model(input_ids, labels=labels).loss
+            input_ids, mask = data.history_tokens(split.ends[index], model.config.seq_len)
+            loss = model(torch.from_numpy(input_ids.astype(np.int64)).to(device),
+                         attention_mask=None if mask is None else torch.from_numpy(mask).to(device),
+                         labels=labels).loss
         (loss / optimization.grad_accum).backward()
         total += loss.detach()
         interval += loss.detach()
@@ -341,28 +382,47 @@ def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: WindowSp
     return total.item() / n_batches
 
 
-def parameter_groups(model: SequenceHeadModel, *, lr: float, encoder_lr: float,
-                     weight_decay: float) -> list[dict]:
-    """AdamW groups: head and encoder at their own rates, no decay on biases and norm weights."""
-    groups = []
-    for module, rate in ((model.head, lr), (model.encoder, encoder_lr)):
-        parameters = [p for p in module.parameters() if p.requires_grad]
-        for decay, chosen in ((weight_decay, [p for p in parameters if p.ndim >= 2]),
-                              (0.0, [p for p in parameters if p.ndim < 2])):
-            if chosen:
-                groups.append({"params": chosen, "lr": rate, "weight_decay": decay})
-    return groups
+def parameter_groups(model: SequenceHeadModel, *, lr: float, encoder_lr: float, weight_decay: float,
+                     layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups: the head at ``lr``, the encoder at ``encoder_lr``, no decay on biases and norm
+    weights. With ``layer_decay``, the row BERT's top layer learns at ``encoder_lr`` and each layer
+    below at ``layer_decay`` times the one above; what lies below the row BERT (field embeddings and
+    the field transformer) learns at the rate under its bottom layer."""
+    depth_below_top = _depth_below_top(model.config.num_hidden_layers) if layer_decay else None
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("head."):
+            rate = lr
+        else:
+            rate = encoder_lr if depth_below_top is None else encoder_lr * layer_decay ** depth_below_top(name)
+        decay = weight_decay if parameter.ndim >= 2 else 0.0
+        groups.setdefault((rate, decay), []).append(parameter)
+    return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in groups.items()]
+
+
+def _depth_below_top(n_layers: int) -> Callable[[str], int]:
+    """A parameter name's number of row-BERT layers above it (0: the top layer)."""
+    prefix = "encoder.bert.encoder.layer."
+
+    def depth(name: str) -> int:
+        if name.startswith(prefix):
+            return n_layers - 1 - int(name[len(prefix):].split(".", 1)[0])
+        return n_layers
+
+    return depth
 
 
 def training_order(truth: np.ndarray, options: FinetuneOptions, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the training windows for one epoch, shuffled, positives repeated when upsampling."""
+    """Indices of the training points for one epoch, shuffled, positives repeated when upsampling."""
     if options.task != "classification" or options.imbalance != "upsample":
         return rng.permutation(len(truth))
     return upsampled_indices(truth, options.upsample_ratio, rng)
 
 
 def upsampled_indices(labels: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """All windows, with the positives repeated (evenly, the remainder drawn at random) until they
+    """All points, with the positives repeated (evenly, the remainder drawn at random) until they
     make ``ratio`` of the result, shuffled. Nothing is repeated when positives already reach it."""
     positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
     wanted = round(ratio / (1.0 - ratio) * negatives.size)
@@ -373,30 +433,33 @@ def upsampled_indices(labels: np.ndarray, ratio: float, rng: np.random.Generator
     return rng.permutation(np.concatenate([negatives, repeated, remainder]))
 
 
-def cache_encoder_outputs(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit, *,
+def cache_encoder_outputs(model: SequenceHeadModel, data: PreparedDataset, split: PointSplit, *,
                           progress: bool = False) -> None:
-    """Store the frozen encoder's outputs of every window of ``split`` (when they fit the budget)."""
+    """Store the frozen encoder's outputs of every point of ``split`` (when they fit the budget)."""
     config = model.config
-    size = len(split.starts) * data.seq_len * config.hidden_size * 4
+    size = len(split.ends) * config.seq_len * config.hidden_size * 4
     if not config.freeze_encoder or size > FROZEN_CACHE_BYTES:
         return
     model.encoder.eval()
     split.states = forward_windows(
         lambda input_ids, attention_mask: model.encoder(input_ids, attention_mask=attention_mask)
         .last_hidden_state.cpu(),
-        len(split.starts), prepared_windows(data, split.starts), device=model.device, batch_size=EVAL_BATCH_SIZE,
-        progress=progress, description=f"encoding {split.name} windows",
+        len(split.ends), prepared_points(data, split.ends, config.seq_len), device=model.device,
+        batch_size=EVAL_BATCH_SIZE, progress=progress, description=f"encoding {split.name} points",
     )
+    _, real = history_rows(split.ends, data.first_rows, config.seq_len)
+    split.masks = None if real.all() else torch.from_numpy(real.astype(np.int64))
 
 
-def validate(model: SequenceHeadModel, data: PreparedDataset, split: WindowSplit) -> tuple[float, np.ndarray]:
+def validate(model: SequenceHeadModel, data: PreparedDataset, split: PointSplit) -> tuple[float, np.ndarray]:
     """Loss and scores (probabilities or predictions in the targets' units) on a split."""
     if split.states is None:
-        step, gather = classifier_logits(model), prepared_windows(data, split.starts)
+        step, gather = classifier_logits(model), prepared_points(data, split.ends, model.config.seq_len)
     else:
         model.eval()
-        step, gather = model.head, lambda begin, end: (split.states[begin:end], None)
-    logits = forward_windows(step, len(split.starts), gather, device=model.device, batch_size=EVAL_BATCH_SIZE)
+        step = model.head
+        gather = lambda begin, end: (split.states[begin:end], None if split.masks is None else split.masks[begin:end])
+    logits = forward_windows(step, len(split.ends), gather, device=model.device, batch_size=EVAL_BATCH_SIZE)
     with torch.inference_mode():
         loss = model.compute_loss(logits, torch.from_numpy(split.truth).to(logits.device)).item()
         return loss, model.scores(logits).float().cpu().numpy()
@@ -414,7 +477,7 @@ def _shown(value: float | None) -> str:
 
 
 def choose_threshold(options: FinetuneOptions, truth: np.ndarray, scores: np.ndarray) -> float | None:
-    """The best-F1 threshold on the validation windows (classification with validation positives; else None)."""
+    """The best-F1 threshold on the validation points (classification with validation positives; else None)."""
     if options.task != "classification" or truth.sum() == 0:
         return None
     return best_f1_threshold(truth, scores)
@@ -427,8 +490,8 @@ def evaluate_in_memory(model: SequenceHeadModel, data: PreparedDataset, run_dir:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # said during training, once
         splits = {"val": evaluate_model(model, data, "val", run_dir, scores=val_scores, threshold=threshold)}
-    if data.meta["windows"]["test"]:
+    if data.points("test", model.config.points).size:
         splits["test"] = evaluate_model(model, data, "test", run_dir, threshold=threshold)
     else:
-        warnings.warn(f"{data.path}: the test split has no windows; no test figures", stacklevel=3)
+        warnings.warn(f"{data.path}: the test split has no prediction points; no test figures", stacklevel=3)
     return splits

@@ -214,6 +214,10 @@ class PretrainOptions(Options):
     mlm_probability: float = option(0.15, above=0, below=1,
                                     help="share of field tokens (rows with --mask-rows) selected for prediction")
     mask_rows: bool = option(False, help="mask whole rows instead of single fields")
+    folds: int = option(1, at_least=1, help="split the training entities into this many folds (for out-of-fold "
+                        "surprise and embeddings; see --fold)")
+    fold: int | None = option(None, at_least=0, help="with --folds K: leave out the training entities of this fold "
+                              "(0 .. K-1)")
     save_steps: int = option(500, help="checkpoint every this many steps", at_least=1)
     save_total_limit: int = option(2, help="checkpoints kept", at_least=1)
     bf16: bool = option(False, help="bfloat16 autocast on a CUDA device (ignored on CPU)")
@@ -232,6 +236,9 @@ class PretrainOptions(Options):
     def check(self) -> None:
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TabbertError("give a positive number of epochs or of --max-steps")
+        if (self.folds > 1) != (self.fold is not None) or self.fold is not None and self.fold >= self.folds:
+            raise TabbertError(f"--fold chooses one of the --folds (0 .. folds-1) and needs folds > 1; "
+                               f"got folds={self.folds}, fold={self.fold}")
 
     def model_overrides(self) -> dict[str, Any]:
         """The configuration values that change the named size."""

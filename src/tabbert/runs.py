@@ -47,7 +47,7 @@ from tabbert.models.classifier import (
 )
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.raw import RawFieldsForSequenceClassification
-from tabbert.models.tabbert import TabBertModel
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel
 
 # what a model directory holds, by the model_type of its config.json: the run kind and how to name it
 KINDS = {TabBertConfig.model_type: ("encoder", "pre-trained TabBERT"),
@@ -87,10 +87,11 @@ def run_paths(path: str | Path) -> tuple[Path, Path]:
     return (model_dir.parent if model_dir.name == "model" else model_dir), model_dir
 
 
-def load_run(path: str | Path, *, expect: str | None = None) -> Run:
+def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False) -> Run:
     """The run at ``path`` (``RUN`` or ``RUN/model``), its model in eval mode on the CPU.
 
-    ``expect`` (``"encoder"`` or ``"classifier"``) refuses a model of the other kind.
+    ``expect`` (``"encoder"`` or ``"classifier"``) refuses a model of the other kind. ``heads``
+    loads a pre-training run's model with its masked-field heads, not the bare encoder.
     """
     if expect not in (None, *MODEL_TYPES):
         raise ValueError(f"expect must be one of {tuple(MODEL_TYPES)} or None, got {expect!r}")
@@ -105,7 +106,7 @@ def load_run(path: str | Path, *, expect: str | None = None) -> Run:
         raise ArtifactError(f"{model_dir}: holds a {model_type!r} model, not a {wanted} model")
     kind, what = KINDS[model_type]
     if kind == "encoder":
-        model_class: type[PreTrainedModel] = TabBertModel
+        model_class: type[PreTrainedModel] = TabBertForMaskedFieldModeling if heads else TabBertModel
     else:
         encoder_kind = config.get("encoder_kind", "pretrained")
         if encoder_kind not in CLASSIFIERS:

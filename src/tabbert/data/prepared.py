@@ -156,6 +156,13 @@ class PreparedDataset:
             return assign_by_time(self.times, cutoffs)
         return assign_random(self.n_rows, fractions, seed)
 
+    def entity_folds(self, folds: int) -> np.ndarray:
+        """The fold (``0 .. folds-1``) of every entity, drawn once from the split's seed, so that
+        pre-training and scoring agree on it."""
+        n_entities = len(self.entity_offsets) - 1
+        order = np.random.default_rng([self.meta["split"]["seed"], folds]).permutation(n_entities)
+        return (order % folds).astype(np.int64)
+
     def points(self, split: str, kind: str = "rows") -> np.ndarray:
         """The prediction points of ``split`` (their newest rows): every row of the split (``rows``)
         or the newest row of each of its windows (``windows``)."""

@@ -321,6 +321,9 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     data = PreparedDataset(data_dir)
     tokenizer, out = data.tokenizer, Path(out_dir)
     train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
+    if options.fold is not None:  # out of fold: leave out the training entities of this fold
+        entity = np.searchsorted(data.entity_offsets, train.starts, side="right") - 1
+        train.starts = train.starts[data.entity_folds(options.folds)[entity] != options.fold]
     if len(train) == 0:
         raise TabbertError(f"{data.path}: the training split has no windows")
     # what a resumed run must repeat (it may keep fewer checkpoints)

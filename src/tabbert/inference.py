@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from tabbert.atomic import atomic_path
+from tabbert.data.recency import recency_name, with_recency
 from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
 from tabbert.errors import DataError
@@ -80,9 +81,10 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
     position = np.arange(frame.height)
     entity_start = np.maximum.accumulate(np.where(first_of_entity, position, 0))
+    input_fields = set(tokenizer.schema.field_names)
     unseen = {
         vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
-        for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical"
+        for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical" and vocab.name in input_fields
     }
     tokenized = time.perf_counter()
 
@@ -124,7 +126,8 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         options = {"keep_missing": True} if source == "prsa" else {}
         table = read_source(source, data, schema=schema, require_labels=False, **options)
         frame, name, dropped = table.frame, str(data), dict(table.dropped)
-    needed = list(dict.fromkeys([ROW, ENTITY, TIME, *tokenizer.required_columns]))
+    derived = {recency_name(name) for name in tokenizer.schema.recency}
+    needed = list(dict.fromkeys([ROW, ENTITY, TIME, *(c for c in tokenizer.required_columns if c not in derived)]))
     missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise DataError(name, f"columns {missing} that the model needs are missing (it reads {needed[3:]})",
@@ -137,7 +140,7 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         nulls = frame.get_column(column).is_null()
         if nulls.any():
             raise DataError(name, "missing value", column=column, row=int(frame.get_column(ROW).filter(nulls)[0]))
-    return frame, dropped
+    return with_recency(frame, tokenizer.schema), dropped
 
 
 def write_scores(scores: pl.DataFrame, path: str | Path) -> Path:

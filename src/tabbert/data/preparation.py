@@ -23,6 +23,7 @@ from tabbert.data.schema import (
     TIME,
     Table,
 )
+from tabbert.data.recency import with_recency
 from tabbert.data.sources import read_source
 from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_feature_in_order
 from tabbert.data.windows import (
@@ -164,6 +165,9 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
             ordered = ordering.result()
             return time_feature_in_order(feature, ordered.times, ordered.gaps)
 
+        if schema.recency:  # the recency fields need the row order before the fields are fitted
+            order = ordering.result().order
+            frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order)
         tokenizer, tokens = TabularTokenizer.fit_encode(
             frame, schema, rows=train_rows, order=lambda: ordering.result().order, time_feature=time_feature
         )

@@ -77,6 +77,7 @@ class TableSchema:
     time_features: tuple[str, ...] = ("hour", "weekday", "gap")
     time_bins: int = 10
     source: str = "generic"
+    recency: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -90,6 +91,10 @@ class TableSchema:
         reserved = set(names) & set(RESERVED_COLUMNS)
         if reserved:
             raise SchemaError(f"column names {sorted(reserved)} are reserved")
+        categorical = {f.name for f in self.fields if f.kind == "categorical"}
+        not_categorical = [name for name in self.recency if name not in categorical | {"hour"}]
+        if not_categorical:
+            raise SchemaError(f"recency applies to categorical fields and 'hour'; not to {not_categorical}")
         unknown = set(self.time_features) - set(TIME_FEATURES)
         if unknown:
             raise SchemaError(f"unknown time features {sorted(unknown)}; choose from {TIME_FEATURES}")
@@ -100,6 +105,12 @@ class TableSchema:
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields]
 
+    @property
+    def token_fields(self) -> tuple[FieldSpec, ...]:
+        """The fields the tokenizer encodes: the input fields, then one ``recency.<name>`` per
+        entry of ``recency`` (see :mod:`tabbert.data.recency`)."""
+        return (*self.fields, *(FieldSpec(f"recency.{name}", "categorical") for name in self.recency))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -107,7 +118,7 @@ class TableSchema:
     def from_dict(cls, data: dict) -> TableSchema:
         data = dict(data)
         data["fields"] = tuple(FieldSpec(**f) for f in data.get("fields", ()))
-        for key in ("labels", "time_features"):
+        for key in ("labels", "time_features", "recency"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -141,6 +152,10 @@ class GenericSchemaFile:
         labels: [PM2.5]
         task: regression
         time_features: [timestamp]
+        recency: [wd]              # default: every categorical field, and hour when a time feature
+
+    ``recency`` names the fields whose time since the entity last had the same value becomes a
+    field of its own (:mod:`tabbert.data.recency`); ``[]`` turns them off.
     """
 
     entity: tuple[str, ...]
@@ -154,6 +169,7 @@ class GenericSchemaFile:
     time_format: str | None = None
     positive_values: tuple[str, ...] = ("1", "yes", "true", "y")
     min_count: int = 1
+    recency: tuple[str, ...] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> GenericSchemaFile:
@@ -201,6 +217,7 @@ class GenericSchemaFile:
             time_format=raw.get("time_format"),
             positive_values=tuple(v.lower() for v in as_tuple(raw.get("positive_values", cls.positive_values))),
             min_count=int(raw.get("min_count", 1)),
+            recency=None if raw.get("recency", "auto") == "auto" else as_tuple(raw["recency"]),
         )
 
     def table_schema(self) -> TableSchema:
@@ -213,4 +230,6 @@ class GenericSchemaFile:
             time_features=self.time_features,
             time_bins=self.time_bins,
             source="generic",
+            recency=self.recency if self.recency is not None else (
+                *self.categorical, *(("hour",) if "hour" in self.time_features else ())),
         )

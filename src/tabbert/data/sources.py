@@ -138,6 +138,10 @@ class _Query:
 # Readers
 
 
+# how long ago the user last paid this merchant, in this city and zip, in this category, this way, at this hour
+CARD_RECENCY = ("Merchant Name", "Merchant City", "Zip", "MCC", "Use Chip", "hour")
+
+
 def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday", "gap"),
               require_labels: bool = True) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
@@ -208,6 +212,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         time_features=tuple(time_features),
         time_bins=10,
         source="card",
+        recency=CARD_RECENCY,
     )
     return Table(frame, schema, _describe(path), rows_in, dropped)
 

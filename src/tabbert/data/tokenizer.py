@@ -420,11 +420,11 @@ class TabularTokenizer:
             vocab, field_ids = job()
             return vocab, field_ids() if encode else None
 
-        jobs = [partial(fit_field, spec) for spec in schema.fields]
+        jobs = [partial(fit_field, spec) for spec in schema.token_fields]
         jobs += [partial(fit_time_feature, feature) for feature in schema.time_features]
         # categorical codes are their own slots; other values may need a hash map, which takes
         # longest: those fields start first, while the rest share the other threads
-        slow = [j for j, spec in enumerate(schema.fields) if spec.kind == "categorical"
+        slow = [j for j, spec in enumerate(schema.token_fields) if spec.kind == "categorical"
                 and not isinstance(frame.schema[spec.name], (pl.Categorical, pl.Enum))]
         start_order = slow + [j for j in range(len(jobs)) if j not in slow]
         fitted = dict(zip(start_order, pool.map(run, [jobs[j] for j in start_order])))

@@ -1,0 +1,102 @@
+"""Recency fields: how long ago the entity last had a row with this row's value, over its whole past.
+
+A window of a few rows cannot tell "a merchant this card has never used" from "one it used 30
+rows ago". For each field named in ``TableSchema.recency`` (categorical fields, and ``hour`` for
+the hour of day of the row's time) the row gets one more categorical field,
+``recency.<name>``: the time since the entity's latest earlier row holding the same value, in
+fixed buckets (``<1h``, ``<1d``, ``<7d``, ``<30d``, ``<1y``, ``>=1y``) or ``never``. A row whose
+value is missing has a missing recency.
+
+They are computed from the raw values (a merchant too rare for the vocabulary still has its own
+history) and causally: only earlier rows count. Rows of one entity at the same time are ordered
+by their content, never by their place in the file, so a shuffled file gives the same fields.
+Prepare and predict both derive them with :func:`with_recency`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+
+from tabbert.data.schema import ENTITY, MICROSECONDS_PER_SECOND, TIME, TableSchema
+
+PREFIX = "recency."
+HOUR = "hour"
+NEVER = "never"
+# upper bounds in seconds and the names of the buckets below them; the last bucket is open
+BUCKETS = ((3_600, "<1h"), (86_400, "<1d"), (7 * 86_400, "<7d"), (30 * 86_400, "<30d"), (365 * 86_400, "<1y"))
+OLDEST = ">=1y"
+LEVELS = (*(name for _, name in BUCKETS), OLDEST, NEVER)
+THREADS = 2
+
+
+def recency_name(field: str) -> str:
+    return PREFIX + field
+
+
+def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None = None) -> pl.DataFrame:
+    """``frame`` with a ``recency.<name>`` column (an Enum of :data:`LEVELS`) for each of ``schema.recency``.
+
+    ``order`` is the permutation that puts the rows in entity-then-time order, when the caller
+    has it already; by default the rows are sorted here, rows of equal time by their content.
+    """
+    if not schema.recency:
+        return frame
+    if order is None:
+        order = frame.select(pl.arg_sort_by([ENTITY, TIME, *_content(frame, schema.field_names)])).to_series()
+        order = order.to_numpy()
+    times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
+    entity = _codes(frame.get_column(ENTITY))[order]
+    entity_index = np.concatenate([[0], np.cumsum(entity[1:] != entity[:-1])])
+
+    def column(name: str) -> pl.Series:
+        values = frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+        levels = np.empty(frame.height, dtype=np.int8)
+        levels[order] = _levels(entity_index, _codes(values)[order], times)
+        levels[values.is_null().to_numpy()] = -1
+        return pl.Series(recency_name(name), levels).replace_strict(
+            list(range(len(LEVELS))), list(LEVELS), default=None, return_dtype=pl.Enum(LEVELS))
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:  # the sorts release the GIL
+        return frame.with_columns(list(pool.map(column, schema.recency)))
+
+
+def _levels(entity: np.ndarray, value: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index into :data:`LEVELS` of every row, rows given in entity-then-time order."""
+    by_group = np.lexsort((value, entity))  # stable: each (entity, value) group keeps the time order
+    group_entity, group_value, group_times = entity[by_group], value[by_group], times[by_group]
+    first = np.ones(by_group.size, dtype=bool)
+    first[1:] = (group_entity[1:] != group_entity[:-1]) | (group_value[1:] != group_value[:-1])
+    elapsed = np.diff(group_times, prepend=group_times[:1]) / MICROSECONDS_PER_SECOND
+    bounds = np.array([bound for bound, _ in BUCKETS], dtype=np.float64)
+    levels = np.where(first, len(LEVELS) - 1, np.searchsorted(bounds, elapsed, side="right"))
+    result = np.empty_like(levels)
+    result[by_group] = levels
+    return result
+
+
+def _codes(series: pl.Series) -> np.ndarray:
+    """Integers, equal for equal values (nulls share one; callers mask them): the values themselves
+    for integer columns, category codes for categorical ones, dense ranks otherwise."""
+    if series.dtype.is_integer():
+        codes = series
+    elif isinstance(series.dtype, (pl.Categorical, pl.Enum)):
+        codes = series.to_physical()
+    else:
+        codes = series.rank("dense")
+    if codes.null_count():
+        codes = codes.cast(pl.Int64).fill_null((codes.min() or 0) - 1)
+    return codes.to_numpy().astype(np.int64, copy=False)
+
+
+def _content(frame: pl.DataFrame, names: Sequence[str]) -> list[pl.Expr]:
+    """Sort keys that order rows of equal time by their values (Categoricals by their text)."""
+    keys = []
+    for name in names:
+        column = pl.col(name)
+        dtype = frame.schema[name]
+        keys.append(column.cast(pl.String) if isinstance(dtype, (pl.Categorical, pl.Enum)) else column)
+    return keys

@@ -106,3 +106,15 @@ def test_anomaly_command_writes_each_format(runs, fraud_cards, tmp_path, capsys)
     assert frame.height == (fraud_cards.row_splits == 2).sum() and set(frame["split"]) == {"test"}
     assert {"row", "entity", "label", "surprise"} <= set(frame.columns)
     assert json.loads(json.dumps(frame["surprise"].to_list()))  # finite numbers
+
+
+def test_embeddings_follow_the_surprise_columns(runs, fraud_cards):
+    root, _, _ = runs
+    plain, _ = row_surprise([root / "whole"], fraud_cards.path, split="test", progress=False)
+    both, summary = row_surprise([root / "whole"], fraud_cards.path, split="test", embeddings=True, progress=False)
+    n_fields = len(fraud_cards.tokenizer.fields)
+    hidden = load_run(root / "whole").config.hidden_size
+    assert both.shape[1] == 1 + n_fields + hidden and summary["columns"][-1] == f"embedding.{hidden - 1}"
+    assert np.allclose(both[:, :1 + n_fields], plain, equal_nan=True, atol=1e-5)
+    test = fraud_cards.row_splits == 2
+    assert np.isfinite(both[test]).all() and np.isnan(both[~test]).all()

@@ -38,8 +38,10 @@ SURPRISE_BATCH_SIZE = 512
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".csv")
 
 
-def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.Tensor):
-    """The step that gives ``[b, F]`` per-field surprise of the newest row of each history."""
+def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.Tensor, *, embeddings: bool = False):
+    """The step that gives ``[b, F]`` per-field surprise of the newest row of each history; with
+    ``embeddings``, followed by the encoder's output at that masked row ``[b, hidden]`` (what the
+    model expects of the row from the history alone)."""
     flat = model.config.flat
 
     def step(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -49,10 +51,13 @@ def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.T
         encoded = model.tabbert(masked, attention_mask=attention_mask)
         states = encoded.token_hidden_states[:, -1:] if flat else encoded.last_hidden_state[:, -1:]
         logits = model.heads(states)
-        return torch.stack([
+        surprise = torch.stack([
             -F.log_softmax(field_logits[:, 0].float(), dim=-1).gather(1, truth[:, field:field + 1]).squeeze(1)
             for field, field_logits in enumerate(logits)
         ], dim=1)
+        if not embeddings:
+            return surprise
+        return torch.cat([surprise, encoded.last_hidden_state[:, -1].float()], dim=1)
 
     return step
 
@@ -71,9 +76,10 @@ def fold_of(run: Run) -> tuple[int, int | None]:
 
 def row_surprise(model_paths: list[str | Path], data_dir: str | Path, *, split: str = "all",
                  context: int | None = None, batch_size: int = SURPRISE_BATCH_SIZE, device: str | None = None,
-                 progress: bool = True) -> tuple[np.ndarray, dict]:
-    """Per-row surprise ``[n_rows, 1 + F]`` (total, then each field; NaN for rows not scored) and a
-    summary. ``model_paths``: one pre-training run, or one per fold of ``--folds K``."""
+                 embeddings: bool = False, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Per-row surprise ``[n_rows, 1 + F]`` (total, then each field; NaN for rows not scored), with
+    ``embeddings`` followed by the masked row's encoder output, and a summary. ``model_paths``: one
+    pre-training run, or one per fold of ``--folds K``."""
     data = PreparedDataset(data_dir)
     runs = [load_masked_model(path) for path in model_paths]
     folds = _fold_models(runs, data)
@@ -86,27 +92,31 @@ def row_surprise(model_paths: list[str | Path], data_dir: str | Path, *, split: 
     offsets = torch.as_tensor(data.tokenizer.field_offsets, dtype=torch.long, device=chosen)
     rows = np.arange(data.n_rows) if split == "all" else data.points(split)
     entity_fold = np.repeat(data.entity_folds(len(folds)), np.diff(data.entity_offsets)) if len(folds) > 1 else None
-    surprise = np.full((data.n_rows, 1 + len(data.tokenizer.fields)), np.nan, dtype=np.float32)
+    n_fields = len(data.tokenizer.fields)
+    width = 1 + n_fields + (folds[0][1].config.hidden_size if embeddings else 0)
+    surprise = np.full((data.n_rows, width), np.nan, dtype=np.float32)
     for fold, (run, model) in enumerate(folds):
         ends = rows if entity_fold is None else rows[entity_fold[rows] == fold]
         if ends.size == 0:
             continue
         model.to(chosen).eval()
         gather = _gather(data, ends, context)
-        outputs = forward_batches(masked_row_step(model, offsets), ends.size, gather, device=chosen,
+        outputs = forward_batches(masked_row_step(model, offsets, embeddings=embeddings), ends.size, gather,
+                                  device=chosen,
                                   batch_size=batch_size, progress=progress,
                                   description=f"surprise (fold {fold + 1}/{len(folds)})")
         per_field = torch.cat([output.cpu() for output in outputs]).numpy()
         surprise[ends, 1:] = per_field
-        surprise[ends, 0] = per_field.sum(axis=1)
+        surprise[ends, 0] = per_field[:, :n_fields].sum(axis=1)
     in_sample = _in_sample_rows(data, folds, rows)
     summary = {"rows": int(rows.size), "models": len(folds), "context": context, "in_sample_rows": in_sample,
-               "columns": surprise_columns(data)}
+               "columns": surprise_columns(data, folds[0][1].config.hidden_size if embeddings else 0)}
     return surprise, summary
 
 
-def surprise_columns(data: PreparedDataset) -> list[str]:
-    return ["surprise", *(f"surprise.{name}" for name in data.tokenizer.field_names)]
+def surprise_columns(data: PreparedDataset, hidden_size: int = 0) -> list[str]:
+    return ["surprise", *(f"surprise.{name}" for name in data.tokenizer.field_names),
+            *(f"embedding.{i}" for i in range(hidden_size))]
 
 
 def _gather(data: PreparedDataset, ends: np.ndarray, context: int):
@@ -167,6 +177,7 @@ def surprise_frame(data: PreparedDataset, surprise: np.ndarray) -> pl.DataFrame:
     }
     if data.labels is not None:
         columns["label"] = np.asarray(data.labels)[scored]
-    for index, name in enumerate(surprise_columns(data)):
+    hidden_size = surprise.shape[1] - 1 - len(data.tokenizer.fields)
+    for index, name in enumerate(surprise_columns(data, hidden_size)):
         columns[name] = surprise[scored, index]
     return pl.DataFrame(columns)

@@ -23,6 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, help="rows of history per row (default: the dataset's --seq-len)")
     parser.add_argument("--batch-size", type=int, default=SURPRISE_BATCH_SIZE,
                         help=f"rows per forward pass (default {SURPRISE_BATCH_SIZE})")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also write the encoder's output at the masked row (the history's expectation of it)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise TabbertError(f"{out}: exists; choose a new --out or give --overwrite")
     started = time.perf_counter()
     surprise, summary = row_surprise(args.model, args.data, split=args.split, context=args.context,
-                                     batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty())
+                                     batch_size=args.batch_size, device=args.device, embeddings=args.embeddings,
+                                     progress=sys.stderr.isatty())
     write_surprise(args.data, surprise, out)
     seconds = time.perf_counter() - started
     rows = [("rows scored", f"{summary['rows']:,}"), ("models", summary["models"]),

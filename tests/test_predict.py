@@ -22,6 +22,8 @@ from tabbert.models.tabbert import TabBertModel
 from tabbert.runs import load_run
 
 SEQ_LEN = 10
+CARD_OUTPUT = ["row", "entity", "User", "Card", "Year", "Month", "Day", "Time", "Amount", "Merchant Name", "Is Fraud?",
+               "score", "history_rows", "padded", "predicted"]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,14 @@ def scored(model_dir, fraud_card_csv):
 def test_one_row_per_input_row_in_input_order(scored, fraud_card_csv):
     raw = pl.read_csv(fraud_card_csv, infer_schema=False)
     scores = scored.scores
-    assert scores.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
+    assert scores.columns == CARD_OUTPUT
     assert scores.height == raw.height
     assert scores["row"].to_list() == list(range(raw.height))
     assert scores["entity"].cast(pl.String).to_list() == raw["User"].to_list()
+    for column in ("User", "Card", "Year", "Month", "Day", "Time", "Merchant Name"):
+        assert scores[column].cast(pl.String).to_list() == raw[column].to_list(), column
+    assert scores["Amount"].to_list() == [float(amount.lstrip("$")) for amount in raw["Amount"]]
+    assert scores["Is Fraud?"].to_list() == [int(label == "Yes") for label in raw["Is Fraud?"]]
     assert scores["score"].is_between(0.0, 1.0).all()
     assert (scores["predicted"] == (scores["score"] >= 0.5).cast(pl.Int8)).all()
 
@@ -164,7 +170,7 @@ def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     printed = capsys.readouterr().out
     assert "rows scored" in printed and "unseen categories" in printed
     written = pl.read_csv(out)
-    assert written.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
+    assert written.columns == CARD_OUTPUT
     assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height
     assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -37,8 +37,9 @@ def test_nothing_flagged_within_the_rate_gives_zero():
 def test_classification_metrics_report_both_rates():
     labels, scores = _scores(2000, [0.9995, 0.9993, 0.9985, 0.9975, 0.5])
     figures = classification_metrics(labels, scores, threshold=0.999)
-    assert figures["recall_at_0.1pct_fpr"] == pytest.approx(0.8) and figures["precision_at_0.1pct_fpr"] == pytest.approx(4 / 6)
-    assert figures["recall_at_1pct_fpr"] == pytest.approx(0.8) and figures["precision_at_1pct_fpr"] == pytest.approx(4 / 6)
+    for level in ("0.1pct", "1pct"):
+        assert figures[f"recall_at_{level}_fpr"] == pytest.approx(0.8)
+        assert figures[f"precision_at_{level}_fpr"] == pytest.approx(4 / 6)
     assert figures["recall"] == pytest.approx(0.4) and figures["precision"] == 1.0  # at the threshold given
     with pytest.warns(UndefinedMetricWarning, match="false-positive rate are undefined"):
         one_class = classification_metrics(np.zeros(4, int), np.linspace(0, 1, 4), threshold=0.5)

@@ -11,6 +11,7 @@ from conftest import make_regression_table
 
 from tabbert.baselines import train_baseline
 from tabbert.data.preparation import prepare_table
+from tabbert.errors import TabbertError
 from tabbert.evaluation import evaluate
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
@@ -71,6 +72,10 @@ def test_classification_runs_of_every_kind(tmp_path, fraud_cards, pretrained):
     assert merged["splits"]["train"] == json.loads(json.dumps(result)) and set(result) == CLASSIFICATION_FIGURES
     assert result["threshold_spec"] == "fpr:0.01" and result["threshold"] != merged["threshold"]
     assert result["threshold"] == resolve_threshold("fpr:0.01", ValidationScores.load(tmp_path / "finetune")).value
+    for file in (tmp_path / "finetune").glob("val_*.npy"):  # a run without them: scored on the data's val split
+        file.unlink()
+    again = evaluate(tmp_path / "finetune", fraud_cards.path, "train", threshold="fpr:0.01")
+    assert again["threshold"] == pytest.approx(result["threshold"], abs=1e-6)
 
 
 def test_regression_runs_of_every_kind(tmp_path):
@@ -80,3 +85,5 @@ def test_regression_runs_of_every_kind(tmp_path):
         metrics = train_baseline(data.path, tmp_path / name, **settings)
         _check_layout(tmp_path / name, metrics, REGRESSION_FIGURES)
         assert metrics["task"] == "regression" and metrics["threshold"] is None
+    with pytest.raises(TabbertError, match="a threshold applies to classification models only"):
+        evaluate(tmp_path / "raw", data.path, threshold="0.5")

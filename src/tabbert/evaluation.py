@@ -90,7 +90,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     spec = ThresholdSpec.parse(threshold)
     run = load_run(model_dir, expect="classifier")
     if run.model.config.task != "classification" and threshold is not None:
-        raise TabbertError("--threshold applies to classification models only")
+        raise TabbertError(f"{run.run_dir}: a threshold applies to classification models only")
     data = PreparedDataset(data_dir)
     check_compatible(run, data)
     run.model.to(choose_device(device))

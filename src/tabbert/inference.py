@@ -51,8 +51,6 @@ from tabbert.thresholds import Threshold, run_threshold
 
 PREDICT_BATCH_SIZE = 512
 FRAME_NAME = "<input frame>"
-OWN_COLUMNS = ("row", "entity", "score", "history_rows", "padded", "predicted")
-CARD_COLUMNS = ("Card", "Amount", "Merchant Name")  # besides the user and the time fields
 
 
 @dataclass
@@ -142,9 +140,9 @@ def input_columns(frame: pl.DataFrame, tokenizer: TabularTokenizer, data: pl.Dat
     source = source or tokenizer.schema.source
     when = pl.col(TIME).dt
     if source == "card":
-        keys = frame.select(pl.col(ENTITY).alias("User"), pl.col("Card"), when.year().alias("Year"),
+        keys = frame.select(pl.col(ENTITY).alias("User"), "Card", when.year().alias("Year"),
                             when.month().alias("Month"), when.day().alias("Day"),
-                            when.strftime("%H:%M").alias("Time"), *CARD_COLUMNS[1:])
+                            when.strftime("%H:%M").alias("Time"), "Amount", "Merchant Name")
     elif source == "prsa":
         keys = frame.select(pl.col(ENTITY).alias("station"), when.year().alias("year"), when.month().alias("month"),
                             when.day().alias("day"), when.hour().alias("hour"))
@@ -155,7 +153,7 @@ def input_columns(frame: pl.DataFrame, tokenizer: TabularTokenizer, data: pl.Dat
 
         spec = GenericSchemaFile.load(schema)
         raw = read_columns(data, list(dict.fromkeys((*spec.entity, *spec.time))))
-        keys = raw.drop(ROW)[frame.get_column(ROW).cast(pl.Int64).to_numpy()]  # the reader numbers rows as read_columns does
+        keys = raw.drop(ROW)[frame.get_column(ROW).cast(pl.Int64).to_numpy()]  # both number the rows alike
     labels = [name for name in tokenizer.schema.labels
               if name in frame.columns and frame.get_column(name).null_count() < frame.height]
     return pl.concat([keys, frame.select(labels)], how="horizontal")
@@ -165,7 +163,8 @@ def labelled_metrics(frame: pl.DataFrame, tokenizer: TabularTokenizer, scores: n
                      threshold: Threshold | None) -> dict | None:
     """The classification figures at ``threshold`` of the rows whose label the input gives (None
     without labels or threshold)."""
-    label = tokenizer.schema.labels[0] if tokenizer.schema.task == "classification" and tokenizer.schema.labels else None
+    schema = tokenizer.schema
+    label = schema.labels[0] if schema.task == "classification" and schema.labels else None
     if threshold is None or label not in frame.columns:
         return None
     known = frame.get_column(label).is_not_null().to_numpy()

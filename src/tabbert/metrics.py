@@ -90,7 +90,8 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
     else:
         where = f" on split {split!r}" if split else ""
         warnings.warn(
-            f"ROC-AUC, PR-AUC and the figures at a false-positive rate are undefined{where}: {positives} positives in {labels.size} windows",
+            f"ROC-AUC, PR-AUC and the figures at a false-positive rate are undefined{where}: "
+            f"{positives} positives in {labels.size} windows",
             UndefinedMetricWarning,
             stacklevel=2,
         )

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_regression_table
 
 from tabbert.baselines import train_baseline
 from tabbert.data.preparation import prepare_table
+from tabbert.errors import TabbertError
 from tabbert.evaluation import evaluate
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.thresholds import ValidationScores, resolve_threshold
 from tabbert.training.finetune import finetune
 
 LAYOUT = {"kind", "task", "data", "options", "training", "threshold", "splits"}
 CLASSIFICATION_FIGURES = {"split", "data", "n", "positives", "threshold", "f1", "precision", "recall",
-                          "confusion_matrix", "roc_auc", "pr_auc", "recall_at_1pct_fpr", "threshold_source", "plots"}
+                          "confusion_matrix", "roc_auc", "pr_auc", "recall_at_0.1pct_fpr", "precision_at_0.1pct_fpr",
+                          "recall_at_1pct_fpr", "precision_at_1pct_fpr", "threshold_spec", "threshold_source", "plots"}
 REGRESSION_FIGURES = {"split", "data", "n", "rmse", "mae", "rmse_pm", "mae_pm", "rmse_pm_coarse", "mae_pm_coarse"}
 
 
@@ -38,6 +42,7 @@ def _check_layout(run, metrics: dict, figures: set[str]) -> None:
     for split, entry in metrics["splits"].items():
         assert set(entry) == figures and entry["split"] == split
         assert entry.get("threshold") == metrics["threshold"]
+        assert entry.get("threshold_spec", "best-f1") == "best-f1"
     assert metrics["training"]["train_seconds"] > 0
 
 
@@ -53,12 +58,23 @@ def test_classification_runs_of_every_kind(tmp_path, fraud_cards, pretrained):
         _check_layout(tmp_path / name, metrics, CLASSIFICATION_FIGURES)
         assert metrics["task"] == "classification" and metrics["threshold"] is not None
         kinds[name] = (metrics["kind"], metrics["options"].get("encoder"))
+        if name == "finetune":  # the validation scores that later thresholds are resolved on
+            stored, val = ValidationScores.load(tmp_path / name), metrics["splits"]["val"]
+            assert (stored.scores.size, int(stored.labels.sum())) == (val["n"], val["positives"])
+            assert resolve_threshold("best-f1", stored).value == metrics["threshold"]
+            assert np.array_equal(stored.times, fraud_cards.times[fraud_cards.points("val")])
     assert kinds == {"finetune": ("finetune", "pretrained"), "raw": ("finetune", "raw"), "lightgbm": ("lightgbm", None)}
 
-    result = evaluate(tmp_path / "finetune", fraud_cards.path, "train")
+    result = evaluate(tmp_path / "finetune", fraud_cards.path, "train", threshold="fpr:0.01")
     merged = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
     assert set(merged) == LAYOUT and set(merged["splits"]) == {"train", "val", "test"}
     assert merged["splits"]["train"] == json.loads(json.dumps(result)) and set(result) == CLASSIFICATION_FIGURES
+    assert result["threshold_spec"] == "fpr:0.01" and result["threshold"] != merged["threshold"]
+    assert result["threshold"] == resolve_threshold("fpr:0.01", ValidationScores.load(tmp_path / "finetune")).value
+    for file in (tmp_path / "finetune").glob("val_*.npy"):  # a run without them: scored on the data's val split
+        file.unlink()
+    again = evaluate(tmp_path / "finetune", fraud_cards.path, "train", threshold="fpr:0.01")
+    assert again["threshold"] == pytest.approx(result["threshold"], abs=1e-6)
 
 
 def test_regression_runs_of_every_kind(tmp_path):
@@ -68,3 +84,5 @@ def test_regression_runs_of_every_kind(tmp_path):
         metrics = train_baseline(data.path, tmp_path / name, **settings)
         _check_layout(tmp_path / name, metrics, REGRESSION_FIGURES)
         assert metrics["task"] == "regression" and metrics["threshold"] is None
+    with pytest.raises(TabbertError, match="a threshold applies to classification models only"):
+        evaluate(tmp_path / "raw", data.path, threshold="0.5")

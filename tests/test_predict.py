@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -10,18 +12,22 @@ import pytest
 import torch
 
 from tabbert.cli import main
+from tabbert.data.preparation import prepare
 from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.sources import read_card
 from tabbert.data.tokenizer import PAD_ID
-from tabbert.errors import ArtifactError, DataError
+from tabbert.errors import ArtifactError, DataError, TabbertError
 from tabbert.evaluation import score_points
 from tabbert.inference import predict, score_table
 from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel
 from tabbert.runs import load_run
+from tabbert.thresholds import ValidationScores, resolve_threshold
 
 SEQ_LEN = 10
+CARD_OUTPUT = ["row", "entity", "User", "Card", "Year", "Month", "Day", "Time", "Amount", "Merchant Name", "Is Fraud?",
+               "score", "history_rows", "padded", "predicted"]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +54,14 @@ def scored(model_dir, fraud_card_csv):
 def test_one_row_per_input_row_in_input_order(scored, fraud_card_csv):
     raw = pl.read_csv(fraud_card_csv, infer_schema=False)
     scores = scored.scores
-    assert scores.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
+    assert scores.columns == CARD_OUTPUT
     assert scores.height == raw.height
     assert scores["row"].to_list() == list(range(raw.height))
     assert scores["entity"].cast(pl.String).to_list() == raw["User"].to_list()
+    for column in ("User", "Card", "Year", "Month", "Day", "Time", "Merchant Name"):
+        assert scores[column].cast(pl.String).to_list() == raw[column].to_list(), column
+    assert scores["Amount"].to_list() == [float(amount.lstrip("$")) for amount in raw["Amount"]]
+    assert scores["Is Fraud?"].to_list() == [int(label == "Yes") for label in raw["Is Fraud?"]]
     assert scores["score"].is_between(0.0, 1.0).all()
     assert (scores["predicted"] == (scores["score"] >= 0.5).cast(pl.Int8)).all()
 
@@ -164,7 +174,95 @@ def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     printed = capsys.readouterr().out
     assert "rows scored" in printed and "unseen categories" in printed
     written = pl.read_csv(out)
-    assert written.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
+    assert written.columns == CARD_OUTPUT
     assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height
     assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+
+
+@pytest.fixture(scope="module")
+def run_with_validation(workdir, model_dir, fraud_cards):
+    """The tiny classifier as a run that stores its validation scores (as fine-tuning does)."""
+    run = workdir / "stored"
+    shutil.copytree(model_dir, run / "model")
+    model = load_run(run).model
+    ends = fraud_cards.points("val")
+    ValidationScores(score_points(model, fraud_cards, ends), fraud_cards.point_labels(ends, SEQ_LEN, "last"),
+                     fraud_cards.times[ends]).save(run)
+    return run
+
+
+def test_threshold_specs_resolve_on_the_stored_validation_scores(run_with_validation, fraud_card_csv):
+    prediction = score_table(run_with_validation, fraud_card_csv, threshold="fpr:0.2")
+    expected = resolve_threshold("fpr:0.2", ValidationScores.load(run_with_validation))
+    assert prediction.threshold == expected and expected.value != 0.5
+    scores = prediction.scores
+    assert (scores["predicted"] == (scores["score"] >= expected.value).cast(pl.Int8)).all()
+    labels, flagged = scores["Is Fraud?"].to_numpy(), scores["predicted"].to_numpy()
+    metrics = prediction.metrics
+    assert metrics["threshold"] == expected.value and metrics["n"] == scores.height
+    assert metrics["confusion_matrix"][1][1] == int(np.sum(labels & flagged))
+    assert metrics["recall_at_0.1pct_fpr"] is not None and metrics["precision_at_1pct_fpr"] is not None
+    assert score_table(run_with_validation, fraud_card_csv).threshold.spec == "best-f1"  # the model's saved 0.5
+
+
+def test_threshold_specs_without_stored_scores(model_dir, fraud_card_csv):
+    given = score_table(model_dir, fraud_card_csv, threshold="0.25")
+    assert (given.threshold.value, given.threshold.source) == (0.25, "given")
+    assert (given.scores["predicted"] == (given.scores["score"] >= 0.25).cast(pl.Int8)).all()
+    with pytest.raises(TabbertError, match="needs validation scores, and none are stored"):
+        predict(model_dir, fraud_card_csv, threshold="alerts:10")
+
+
+def test_predict_command_prints_the_figures_of_labelled_input(workdir, run_with_validation, fraud_card_csv, capsys):
+    out = workdir / "flagged.csv"
+    command = ["predict", "--model", str(run_with_validation), "--input", str(fraud_card_csv), "--out", str(out)]
+    assert main([*command, "--threshold", "alerts:1"]) == 0
+    printed = capsys.readouterr().out
+    assert "alerts:1" in printed and "alerts per day on validation" in printed
+    assert "labelled input" in printed and "precision_at_0.1pct_fpr" in printed
+    unlabelled = workdir / "unlabelled.csv"
+    pl.read_csv(fraud_card_csv, infer_schema=False).drop("Is Fraud?").write_csv(unlabelled)
+    assert main([*command[:4], str(unlabelled), "--out", str(out)]) == 0
+    assert "labelled input" not in capsys.readouterr().out
+    assert pl.read_csv(out).columns == [name for name in CARD_OUTPUT if name != "Is Fraud?"]
+
+
+# ------------------------------------------------------------------------------------------ generic input
+
+
+def test_generic_input_keeps_its_entity_and_time_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    raw = pl.DataFrame({
+        "site": np.repeat(["north", "south", "east"], n // 3),
+        "entity": np.tile(["7", "8"], n // 2),  # a column that predict's own entity column must not hide
+        "ts": [f"2021-03-{1 + i // 24:02d} {i % 24:02d}:15:00" for i in range(n)],
+        "shop": rng.choice(["a", "b", "c"], n),
+        "amount": rng.normal(10, 3, n).round(2),
+        "fraud": (np.arange(n) % 7 == 0).astype(int),
+    })
+    path = tmp_path / "rows.csv"
+    raw.write_csv(path)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"entity": ["site", "entity"], "time": "ts", "categorical": ["shop"],
+                                  "numeric": {"amount": 4}, "labels": ["fraud"]}))
+    data = prepare("generic", path, tmp_path / "data", schema=str(schema), seq_len=4, stride=2, split="random")
+    config = TabBertConfig.for_tokenizer(data.tokenizer, "tiny", seq_len=4)
+    model = TabBertForSequenceClassification.from_encoder(TabBertModel(config), seq_len=4)
+    save_classifier(model, data.tokenizer, tmp_path / "run" / "model")
+
+    scores = predict(tmp_path / "run", path, schema=schema)
+    assert scores.columns == ["row", "entity", "site", "input_entity", "ts", "fraud", "score", "history_rows",
+                              "padded"]  # no threshold saved or stored: no predicted column
+    for column in ("site", "ts"):
+        assert scores[column].to_list() == raw[column].to_list()
+    assert scores["input_entity"].to_list() == raw["entity"].to_list()
+    assert scores["entity"].to_list() == [f"{site}|{key}" for site, key in zip(raw["site"], raw["entity"])]
+    assert scores["fraud"].to_list() == raw["fraud"].to_list()
+    unlabelled = tmp_path / "unlabelled.csv"
+    raw.drop("fraud").write_csv(unlabelled)
+    assert "fraud" not in predict(tmp_path / "run", unlabelled, schema=schema, threshold=0.5).columns

@@ -46,6 +46,28 @@ def test_entity_split_is_disjoint_and_tokenizer_sees_train_only(tmp_path):
     assert data.meta["tokenizer_rows"] < data.n_rows
 
 
+def test_entities_of_each_split_are_recorded(tmp_path):
+    table = make_table({f"e{i}": 3 + i for i in range(30)})  # e0 .. e6 are shorter than a window
+    data = prepare_table(table, tmp_path / "entity", split="entity", seed=4)
+    members = json.loads((data.path / "splits.json").read_text())
+    assert data.split_entities == members and list(members) == ["train", "val", "test"]
+    assert sorted(sum(members.values(), [])) == sorted(data.entities)  # each entity, short ones too, once
+    owner = np.searchsorted(data.entity_offsets, np.arange(data.n_rows), side="right") - 1
+    for split, keys in members.items():
+        assert {data.entities[i] for i in owner[data.windows(split)]} <= set(keys)
+
+    by_time = prepare_table(make_table({"a": 40, "b": 10}), tmp_path / "time", split="time",
+                            cutoffs=("2020-01-01 05:00", "2020-01-01 20:00"))
+    assert by_time.split_entities == {"train": ["a", "b"], "val": ["a", "b"], "test": ["a"]}  # b ends at 09:00
+    at_random = prepare_table(make_table({"a": 40, "b": 10, "c": 4}), tmp_path / "random", split="random", seed=0)
+    owner = np.searchsorted(at_random.entity_offsets, np.arange(at_random.n_rows), side="right") - 1
+    assert at_random.split_entities == {split: sorted({at_random.entities[i] for i in owner[at_random.windows(split)]})
+                                        for split in ("train", "val", "test")}
+    (at_random.path / "splits.json").unlink()
+    with pytest.raises(ArtifactError, match="splits.json: missing"):
+        PreparedDataset(at_random.path).split_entities
+
+
 def test_time_split_orders_windows_by_time(tmp_path):
     table = make_table({f"e{i}": 40 for i in range(5)})
     data = prepare_table(table, tmp_path / "ds", split="time", stride=2)
@@ -102,7 +124,7 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     data = prepare_table(three_entity_table, tmp_path / "ds")
     names = sorted(p.name for p in data.path.iterdir())
     assert names == sorted([
-        "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "times.npy",
+        "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "splits.json", "times.npy",
         "tokenizer.json", "tokens.npy", "values.npy", "windows_test.npy", "windows_train.npy", "windows_val.npy",
     ])
     meta = json.loads((data.path / "meta.json").read_text())

@@ -9,17 +9,27 @@ are counted per field.
 Output, one row per input row in input order:
 
 ``row``            the row's number in the source (``_row``)
-``entity``         its entity key
+``entity``         its entity key (as in the prepared dataset's ``entities.json`` and ``splits.json``)
+input columns      what identifies the row in the input: for ``card`` User, Card, Year, Month, Day,
+                   Time, Amount and Merchant Name; for ``prsa`` station, year, month, day and hour;
+                   for ``generic`` the schema's entity and time columns as the files hold them (a
+                   frame: ``time``). A name that predict uses itself gets the prefix ``input_``
+``<label>``        the input's label (0/1) or targets, when it has them
 ``score``          probability of the positive class (classification), or
 ``predicted_<t>``  the prediction for each target ``t`` in its own units (regression)
 ``history_rows``   rows of the entity up to and including this one
 ``padded``         whether the window was padded (``history_rows < seq_len``)
-``predicted``      ``score >= threshold``, when the model carries a threshold (classification)
+``predicted``      ``score >= threshold``, when there is a threshold (classification)
+
+The threshold is a spec of :mod:`tabbert.thresholds`, resolved on the validation scores stored
+with the run (default ``best-f1``: the threshold saved with the model). When the input has class
+labels, :attr:`Prediction.metrics` holds the classification figures of its rows at that threshold.
 
 In a notebook::
 
     from tabbert.inference import predict
     scores = predict("runs/finetune", "new_transactions.csv")   # or a normalized polars frame
+    scores = predict("runs/finetune", "new_transactions.csv", threshold="fpr:0.001")
 """
 
 from __future__ import annotations
@@ -33,10 +43,12 @@ import polars as pl
 
 from tabbert.atomic import atomic_path
 from tabbert.data.recency import recency_name, with_recency
-from tabbert.data.schema import ENTITY, ROW, TIME
+from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile
 from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
 from tabbert.errors import DataError
+from tabbert.metrics import classification_metrics
 from tabbert.runs import choose_device, load_run, padded_histories, score
+from tabbert.thresholds import Threshold, run_threshold
 
 PREDICT_BATCH_SIZE = 512
 FRAME_NAME = "<input frame>"
@@ -52,25 +64,32 @@ class Prediction:
     unseen: dict[str, int]
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    threshold: Threshold | None = None
+    metrics: dict | None = None  # classification figures at the threshold, when the input has labels
 
 
 def predict(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
-            schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE,
-            device: str | None = None) -> pl.DataFrame:
+            schema: str | Path | None = None, threshold: str | float | None = None,
+            batch_size: int = PREDICT_BATCH_SIZE, device: str | None = None) -> pl.DataFrame:
     """One score per row of ``data``: a file of ``source`` format (default: the model's), or a
-    frame in the normalized layout of :mod:`tabbert.data.schema`. See the module docstring."""
-    return score_table(model_dir, data, source=source, schema=schema, batch_size=batch_size, device=device).scores
+    frame in the normalized layout of :mod:`tabbert.data.schema`. ``threshold``: a spec of
+    :mod:`tabbert.thresholds` (default ``best-f1``). See the module docstring."""
+    return score_table(model_dir, data, source=source, schema=schema, threshold=threshold, batch_size=batch_size,
+                       device=device).scores
 
 
 def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, source: str | None = None,
-                schema: str | Path | None = None, batch_size: int = PREDICT_BATCH_SIZE, device: str | None = None,
-                progress: bool = False) -> Prediction:
-    """:func:`predict` with the unseen-category counts, padding count and timings."""
+                schema: str | Path | None = None, threshold: str | float | None = None,
+                batch_size: int = PREDICT_BATCH_SIZE, device: str | None = None, progress: bool = False) -> Prediction:
+    """:func:`predict` with the threshold, the figures on labelled input, the unseen-category
+    counts, padding count and timings."""
     started = time.perf_counter()
     run = load_run(model_dir, expect="classifier")
+    chosen = run_threshold(run, threshold)
     model, tokenizer = run.model.to(choose_device(device)), run.tokenizer
     loaded = time.perf_counter()
     frame, dropped = read_rows(data, tokenizer, source=source, schema=schema)
+    inputs = input_columns(frame, tokenizer, data, source=source, schema=schema)
     read = time.perf_counter()
 
     # encode in entity-then-time order, ties by row number, so time gaps never depend on the input order
@@ -96,20 +115,65 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     back[order] = position
     history = (position - entity_start + 1)[back]
     seq_len = model.config.seq_len
-    columns = {"row": frame.get_column(ROW), "entity": frame.get_column(ENTITY)}
+    columns = {}
     if model.config.task == "classification":
         columns["score"] = outputs[back]
     else:
         newest = outputs if outputs.ndim == 2 else outputs[:, -1]
         columns.update({f"predicted_{t}": newest[back, j] for j, t in enumerate(model.config.target_names)})
     columns.update(history_rows=history, padded=history < seq_len)
-    if model.config.task == "classification" and model.config.threshold is not None:
-        columns["predicted"] = (outputs[back] >= model.config.threshold).astype(np.int8)
-    scores = pl.DataFrame(columns)
+    if chosen is not None:
+        columns["predicted"] = (outputs[back] >= chosen.value).astype(np.int8)
+    own = frame.select(pl.col(ROW).alias("row"), pl.col(ENTITY).alias("entity"))
+    inputs = inputs.rename({name: f"input_{name}" for name in inputs.columns if name in (*own.columns, *columns)})
+    scores = pl.concat([own, inputs, pl.DataFrame(columns)], how="horizontal")
+    metrics = labelled_metrics(frame, tokenizer, outputs[back], chosen)
     seconds = {"load": loaded - started, "read": read - loaded, "tokenize": tokenized - read,
                "model": scored - tokenized, "total": time.perf_counter() - started}
     return Prediction(scores, entities=int(first_of_entity.sum()), padded_rows=int(np.count_nonzero(history < seq_len)),
-                      unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
+                      unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()},
+                      threshold=chosen, metrics=metrics)
+
+
+def input_columns(frame: pl.DataFrame, tokenizer: TabularTokenizer, data: pl.DataFrame | str | Path, *,
+                  source: str | None = None, schema: str | Path | None = None) -> pl.DataFrame:
+    """The columns that identify each row of ``frame`` in the input, then its labels when it has
+    them (see the module docstring)."""
+    source = source or tokenizer.schema.source
+    when = pl.col(TIME).dt
+    if source == "card":
+        keys = frame.select(pl.col(ENTITY).alias("User"), "Card", when.year().alias("Year"),
+                            when.month().alias("Month"), when.day().alias("Day"),
+                            when.strftime("%H:%M").alias("Time"), "Amount", "Merchant Name")
+    elif source == "prsa":
+        keys = frame.select(pl.col(ENTITY).alias("station"), when.year().alias("year"), when.month().alias("month"),
+                            when.day().alias("day"), when.hour().alias("hour"))
+    elif isinstance(data, pl.DataFrame) or schema is None:
+        keys = frame.select(pl.col(TIME).alias("time"))
+    else:
+        from tabbert.data.sources import read_columns
+
+        spec = GenericSchemaFile.load(schema)
+        raw = read_columns(data, list(dict.fromkeys((*spec.entity, *spec.time))))
+        keys = raw.drop(ROW)[frame.get_column(ROW).cast(pl.Int64).to_numpy()]  # both number the rows alike
+    labels = [name for name in tokenizer.schema.labels
+              if name in frame.columns and frame.get_column(name).null_count() < frame.height]
+    return pl.concat([keys, frame.select(labels)], how="horizontal")
+
+
+def labelled_metrics(frame: pl.DataFrame, tokenizer: TabularTokenizer, scores: np.ndarray,
+                     threshold: Threshold | None) -> dict | None:
+    """The classification figures at ``threshold`` of the rows whose label the input gives (None
+    without labels or threshold)."""
+    schema = tokenizer.schema
+    label = schema.labels[0] if schema.task == "classification" and schema.labels else None
+    if threshold is None or label not in frame.columns:
+        return None
+    known = frame.get_column(label).is_not_null().to_numpy()
+    if not known.any():
+        return None
+    labels = frame.get_column(label).to_numpy()[known]
+    return classification_metrics(labels, scores[known], threshold.value, split="input")
 
 
 def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,

@@ -21,7 +21,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-RANKING_METRICS = ("roc_auc", "pr_auc", "recall_at_1pct_fpr")  # undefined unless both classes are present
+FPR_LEVELS = {"0.1pct": 0.001, "1pct": 0.01}  # false-positive rates at which recall and precision are reported
+AT_FPR_METRICS = tuple(f"{figure}_at_{level}_fpr" for level in FPR_LEVELS for figure in ("recall", "precision"))
+RANKING_METRICS = ("roc_auc", "pr_auc", *AT_FPR_METRICS)  # undefined unless both classes are present
 RECALL_METRICS = ("recall", "f1")  # undefined (0/0) without positives
 
 
@@ -45,16 +47,25 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> float:
-    """Highest recall reachable while the false-positive rate stays at or below ``max_fpr``."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(tpr[fpr <= max_fpr].max(initial=0.0))
+def at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> tuple[float, float]:
+    """Recall and precision at the threshold with the highest recall whose false-positive rate stays
+    at or below ``max_fpr`` (the fewest false positives among equal recalls). Precision is 0 when
+    that threshold flags nothing."""
+    labels = np.asarray(labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    within = np.flatnonzero(fpr <= max_fpr)  # fpr and tpr never decrease along the curve
+    best = within[np.searchsorted(tpr[within], tpr[within[-1]])]
+    positives = int(np.count_nonzero(labels == 1))
+    true_positives, false_positives = tpr[best] * positives, fpr[best] * (labels.size - positives)
+    flagged = true_positives + false_positives
+    return float(tpr[best]), float(true_positives / flagged) if flagged > 0 else 0.0
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | None = None,
                            split: str = "") -> dict:
     """F1/precision/recall at ``threshold`` (best-F1 on these labels if None), ROC-AUC, PR-AUC,
-    recall at 1 % FPR and the confusion matrix ``[[tn, fp], [fn, tp]]``."""
+    recall and precision at 0.1 % and 1 % false-positive rate (see :func:`at_fpr`) and the
+    confusion matrix ``[[tn, fp], [fn, tp]]``."""
     labels = np.asarray(labels).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     if threshold is None:
@@ -74,11 +85,13 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
     if not undefined:
         result["roc_auc"] = float(roc_auc_score(labels, scores))
         result["pr_auc"] = float(average_precision_score(labels, scores))
-        result["recall_at_1pct_fpr"] = recall_at_fpr(labels, scores, 0.01)
+        for level, max_fpr in FPR_LEVELS.items():
+            result[f"recall_at_{level}_fpr"], result[f"precision_at_{level}_fpr"] = at_fpr(labels, scores, max_fpr)
     else:
         where = f" on split {split!r}" if split else ""
         warnings.warn(
-            f"ROC-AUC, PR-AUC and recall@1%FPR are undefined{where}: {positives} positives in {labels.size} windows",
+            f"ROC-AUC, PR-AUC and the figures at a false-positive rate are undefined{where}: "
+            f"{positives} positives in {labels.size} windows",
             UndefinedMetricWarning,
             stacklevel=2,
         )

@@ -129,6 +129,22 @@ def add_arguments(parser: argparse.ArgumentParser, options_class: type[Options])
         groups[group].add_argument(*flags, dest=item.name, **_argument_settings(item, hints[item.name]))
 
 
+def add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--threshold SPEC`` (:mod:`tabbert.thresholds`), a bad spec refused as it is parsed."""
+    parser.add_argument("--threshold", type=_threshold_spec, metavar="SPEC",
+                        help="decision threshold: a number, fpr:RATE (that false-positive rate on validation), "
+                        "alerts:N (N alerts per day on validation) or best-f1 (default)")
+
+
+def _threshold_spec(text: str) -> str:
+    from tabbert.thresholds import ThresholdSpec
+
+    try:
+        return str(ThresholdSpec.parse(text))
+    except TabbertError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _argument_settings(item: dataclasses.Field, hint: Any) -> dict:
     meta = item.metadata
     settings = {"help": meta["help"], "default": argparse.SUPPRESS, **meta["argparse"]}

@@ -3,11 +3,13 @@
 Example::
 
     tabbert evaluate --model runs/finetune --data prepared/cards --split test
+    tabbert evaluate --model runs/finetune --data prepared/cards --threshold fpr:0.001
 
-Classification: F1, precision and recall at the threshold chosen on the validation split (best
-F1), ROC-AUC, PR-AUC, recall at 1 % false-positive rate, the confusion matrix, and PR and ROC
-curves as PNG in the run directory. Regression: RMSE and MAE per target, in their own units.
-Every figure is merged into the run's ``metrics.json`` under ``"splits"``.
+Classification: F1, precision and recall at the threshold resolved on the validation split from
+``--threshold`` (a number, ``fpr:RATE``, ``alerts:N`` per day, or ``best-f1``: the default),
+ROC-AUC, PR-AUC, recall and precision at 0.1 % and 1 % false-positive rate, the confusion matrix,
+and PR and ROC curves as PNG in the run directory. Regression: RMSE and MAE per target, in
+their own units. Every figure is merged into the run's ``metrics.json`` under ``"splits"``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ SKIPPED = ("split", "data", "plots")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from tabbert.options import add_threshold_option
+
     parser.add_argument("--model", required=True, help="fine-tuning run directory, or its model/ subdirectory")
     parser.add_argument("--data", required=True, help="prepared dataset directory (the model's schema)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test",
                         help="split to score (default test)")
+    add_threshold_option(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="windows per batch (default 256)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
@@ -32,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from tabbert.evaluation import evaluate
     from tabbert.runs import run_paths
 
-    result = evaluate(args.model, args.data, args.split, batch_size=args.batch_size, device=args.device)
+    result = evaluate(args.model, args.data, args.split, threshold=args.threshold, batch_size=args.batch_size,
+                      device=args.device)
     print(summary(result))
     run_dir, _ = run_paths(args.model)
     written = ", ".join(result.get("plots", [])) or "no curves"

@@ -146,14 +146,18 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         entity_split = assign_entities(len(entities), fractions, seed)
         train_rows = np.repeat(entity_split[entity_of_run] == 0, run_lengths)
         window_split = entity_split[window_entity]
+        members = split_members(entities, np.arange(len(entities)), entity_split)
     elif split == "time":
         times = row_times(frame)
         time_bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
         split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in time_bounds]
         train_rows = times < time_bounds[0]
+        members = split_members(entities, np.repeat(entity_of_run, run_lengths), assign_by_time(times, time_bounds))
     else:
         train_rows = np.ones(frame.height, dtype=bool)
         window_split = assign_random(starts.size, fractions, seed)
+        members = split_members(entities, window_entity, window_split)
+    writer.add_json("splits", members)
     if not train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
@@ -261,6 +265,13 @@ def entity_runs(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray,
     entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
     entity_offsets[1:] = np.cumsum(np.bincount(entity_of_run, weights=run_lengths, minlength=entities.len()))
     return entities.to_list(), entity_offsets, entity_of_run, run_lengths
+
+
+def split_members(entities: list[str], entity_of_item: np.ndarray, split_of_item: np.ndarray) -> dict[str, list[str]]:
+    """Split name -> the keys of the entities that have an item (an entity, a row, a window) in it."""
+    present = np.zeros((len(SPLITS), len(entities)), dtype=bool)
+    present[split_of_item, entity_of_item] = True
+    return {name: [entities[i] for i in np.flatnonzero(present[k])] for k, name in enumerate(SPLITS)}
 
 
 def row_times(frame: pl.DataFrame) -> np.ndarray:

@@ -12,6 +12,9 @@ Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)
     row_ids.npy          int64 [n_rows]            row number in the source
     windows_<split>.npy  int64 [n_windows]         start row of each window of a split
     entities.json        entity keys, in matrix order
+    splits.json          split name -> keys of the entities with rows in it: each entity in one split
+                         (``entity``), those with rows in each period (``time``), or with windows in it
+                         (``random``)
     tokenizer.json       the fitted TabularTokenizer
     meta.json            schema, counts, dropped rows and why, split, source hash (written last)
 
@@ -123,6 +126,17 @@ class PreparedDataset:
     @cached_property
     def entities(self) -> list[str]:
         return json.loads((self.path / "entities.json").read_text())
+
+    @cached_property
+    def split_entities(self) -> dict[str, list[str]]:
+        """Split name -> the keys of its entities (``splits.json``)."""
+        file = self.path / "splits.json"
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing from the prepared dataset (prepare it again to record the splits)")
+        try:
+            return json.loads(file.read_text())
+        except ValueError as exc:
+            raise ArtifactError(f"{file}: unreadable ({exc})") from exc
 
     # ------------------------------------------------------------------ windows
     def windows(self, split: str) -> np.ndarray:

@@ -333,6 +333,13 @@ def read_source(kind: str, path: Sources, *, schema: PathLike | None = None, **o
     return reader(path, **options)
 
 
+def read_columns(path: Sources, names: Sequence[str]) -> pl.DataFrame:
+    """The raw values of columns ``names`` of a CSV or Parquet source (CSV values as text, missing
+    as in :func:`read_generic`), with ``_row`` numbering the rows as the readers do."""
+    files = _source_files(path, DATA_FILE_PATTERNS)
+    return _collect(_scanner(null_values=GENERIC_NULL_VALUES)(files).select(ROW, *names), _describe(path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Files and headers
 

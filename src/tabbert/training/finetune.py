@@ -37,6 +37,8 @@ their own units.
 Run directory
 -------------
 ``model/``               config.json, model.safetensors, tokenizer.json (written atomically)
+``val_scores.npy``, ``val_labels.npy``, ``val_times.npy``   classification: the best epoch's validation
+                         scores, labels and times, to resolve other thresholds (:mod:`tabbert.thresholds`)
 ``metrics.json``         options, training (per-epoch validation figures, best epoch, seconds), threshold,
                          validation and test figures (the layout is in the README)
 ``training_curve.png``   training and validation loss against the optimizer step
@@ -61,7 +63,14 @@ from tabbert.atomic import write_json_atomic
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.errors import TabbertError
 from tabbert.data.windows import history_rows
-from tabbert.evaluation import EVAL_BATCH_SIZE, evaluate_model, figures, point_truth, validation_threshold
+from tabbert.evaluation import (
+    EVAL_BATCH_SIZE,
+    evaluate_model,
+    figures,
+    point_truth,
+    validation_scores,
+    validation_threshold,
+)
 from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold, undefined_metrics
 from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClassification, save_classifier
 from tabbert.models.raw import RawFieldsForSequenceClassification
@@ -146,6 +155,8 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
     model.load_state_dict(training.best.state)
     model.config.threshold = choose_threshold(options, val.truth, training.best.scores)
     save_classifier(model.to("cpu"), data.tokenizer, out / "model")
+    if options.task == "classification":  # what resolving another threshold spec later needs
+        validation_scores(model, data, scores=training.best.scores).save(out)
     model.to(device)
     splits = evaluate_in_memory(model, data, out, val_scores=training.best.scores)
 

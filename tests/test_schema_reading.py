@@ -178,3 +178,25 @@ def test_prepare_summary_names_the_window_label_rule(fraud_cards):
     assert fraud_cards.meta["positive_window_rule"] == "any"
     assert "positive windows train (any row positive)" in summary(fraud_cards.meta)
     assert np.isfinite(np.load(fraud_cards.path / "values.npy")).sum() > 0
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+def test_predict_reads_rows_with_the_stored_training_schema(tmp_path):
+    from tabbert.data.tokenizer import TabularTokenizer
+    from tabbert.inference import read_rows
+
+    rows = ["id,day,x,label", *(f"{e},{20240101 + d},{d},{d % 2}" for e in "ab" for d in range(6))]
+    data = _lines(tmp_path / "data.csv", rows)
+    schema = _schema(tmp_path / "s.json", time_format="%Y%m%d", labels=["label"], time_features=["weekday", "gap"])
+    prepared = prepare("generic", data, tmp_path / "prepared", schema=schema, seq_len=2, stride=1, split="random")
+    tokenizer = TabularTokenizer.load(prepared.path)
+    assert json.loads((prepared.path / "tokenizer.json").read_text())["schema"]["schema_file"]["time_format"] == "%Y%m%d"
+    new = _lines(tmp_path / "new.csv", ["id,day,x", "a,20240301,1", "c,20240302,2"])
+    frame, _ = read_rows(new, tokenizer)  # no schema given: the stored one reads the digits as dates
+    assert frame[TIME].to_list() == [dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 2)]
+    assert read_rows(new, tokenizer, schema=schema)[0].height == 2  # the same schema again is fine
+    other = _schema(tmp_path / "other.json", time_unit="s", labels=["label"], time_features=["weekday", "gap"])
+    message = _message(read_rows, new, tokenizer, schema=other, error=SchemaError)
+    assert "other.json" in message and "['time_format', 'time_unit']" in message

@@ -132,7 +132,8 @@ def test_short_unlabelled_card_row_names_the_row(tmp_path):
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
     cards = tmp_path / "cards.csv"
-    cards.write_bytes(f"{CARD_HEADER}\n{CARD_ROW}\n".encode() + CARD_ROW.replace("La Verne", "La V\xe9rne").encode("latin-1") + b"\n")
+    latin = CARD_ROW.replace("La Verne", "La V\xe9rne").encode("latin-1")
+    cards.write_bytes(f"{CARD_HEADER}\n{CARD_ROW}\n".encode() + latin + b"\n")
     message = _message(read_card, cards)
     assert str(cards) in message and "line 3" in message and "0xe9" in message and "UTF-8" in message
     header = tmp_path / "header.csv"
@@ -192,7 +193,8 @@ def test_predict_reads_rows_with_the_stored_training_schema(tmp_path):
     schema = _schema(tmp_path / "s.json", time_format="%Y%m%d", labels=["label"], time_features=["weekday", "gap"])
     prepared = prepare("generic", data, tmp_path / "prepared", schema=schema, seq_len=2, stride=1, split="random")
     tokenizer = TabularTokenizer.load(prepared.path)
-    assert json.loads((prepared.path / "tokenizer.json").read_text())["schema"]["schema_file"]["time_format"] == "%Y%m%d"
+    stored = json.loads((prepared.path / "tokenizer.json").read_text())["schema"]["schema_file"]
+    assert stored["time_format"] == "%Y%m%d"
     new = _lines(tmp_path / "new.csv", ["id,day,x", "a,20240301,1", "c,20240302,2"])
     frame, _ = read_rows(new, tokenizer)  # no schema given: the stored one reads the digits as dates
     assert frame[TIME].to_list() == [dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 2)]

@@ -152,7 +152,8 @@ def training_schema(tokenizer: TabularTokenizer, schema: str | Path | None = Non
     stored = tokenizer.schema.schema_file
     if stored is None:
         if schema is None:
-            raise SchemaError("the model stores no generic schema; pass the schema file it was prepared with (--schema)")
+            raise SchemaError("the model stores no generic schema; pass the schema file it was prepared with "
+                              "(--schema)")
         return schema
     trained = GenericSchemaFile.from_dict(stored)
     if schema is None:

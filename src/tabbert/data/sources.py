@@ -19,7 +19,10 @@ streaming engine. CSV values are read as text (types are never guessed from the 
 parsed with vectorized expressions. Every strict rule is a boolean "bad" expression evaluated in
 the same pass, so raw text is not kept. Only when a rule fires are the files scanned again to
 report the first offending row: the error names the file, the column, the 1-based data row
-(header excluded) and the value.
+(header excluded) and the value. A CSV row with too many fields, or a byte that is not UTF-8,
+stops the reader, and a row with too few reads as one whose last columns are empty: only then
+(an error, or an empty value in a file's last column) are the files read again, line by line,
+to name the row whose field count differs from the header's, or the line that is not UTF-8.
 
 Rows stay in source order; ``_row`` numbers them from 0 across all files read, in reading order.
 Rows a reader drops (missing values in PRSA, missing labels in generic sources) are counted in
@@ -525,7 +528,9 @@ def _run(source: str, files: list[Path], scan: Scan, query: _Query,
 def _plan(raw: pl.LazyFrame, query: _Query, last_columns: Sequence[str] = ()) -> pl.LazyFrame:
     """The normalized columns of ``raw``, a flag for rows breaking a check, one for rows to drop
     and one for rows whose value in one of ``last_columns`` (the files' last) is empty."""
-    last_empty = [pl.any_horizontal(pl.col(n).is_null() for n in last_columns).alias(_LAST_EMPTY)] if last_columns else []
+    last_empty = []
+    if last_columns:
+        last_empty.append(pl.any_horizontal(pl.col(name).is_null() for name in last_columns).alias(_LAST_EMPTY))
     plan = raw.with_columns(**query.parsed).select(
         pl.col(ROW).cast(pl.UInt64),
         *(expr.alias(name) for name, expr in query.values.items()),

@@ -311,6 +311,7 @@ GENERIC_SCHEMA = {
     "numeric": {"amount": 5},
     "labels": ["label"],
     "positive_values": ["fraud", "1"],
+    "time_unit": "s",
 }
 
 
@@ -388,7 +389,7 @@ def test_generic_native_datetime_epoch_and_time_format(tmp_path):
     native = read_generic(data, _schema_file(tmp_path / "native.json", **keys, time="when"))
     assert native.frame[TIME].to_list() == [dt.datetime(2022, 1, 1, 12), dt.datetime(2022, 1, 2)]
     assert native.frame[ENTITY].to_list() == ["7", "7"]
-    epoch = read_generic(data, _schema_file(tmp_path / "epoch.json", **keys, time="secs"))
+    epoch = read_generic(data, _schema_file(tmp_path / "epoch.json", **keys, time="secs", time_unit="s"))
     assert epoch.frame[TIME].to_list() == [dt.datetime(1970, 1, 1), dt.datetime(1970, 1, 2)]
     text = _write(tmp_path / "formatted.csv", ["id,when,x", "1,03/02/2021 14:05,1", "1,04/02/2021 00:00,2"])
     day_first = _schema_file(tmp_path / "fmt.json", **keys, time="when", time_format="%d/%m/%Y %H:%M")

@@ -43,7 +43,7 @@ import polars as pl
 
 from tabbert.atomic import atomic_path
 from tabbert.data.recency import recency_name, with_recency
-from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile
+from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile, SchemaError
 from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
 from tabbert.errors import DataError
 from tabbert.metrics import classification_metrics
@@ -188,6 +188,8 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
 
         source = source or tokenizer.schema.source
         options = {"keep_missing": True} if source == "prsa" else {}
+        if source == "generic":
+            schema = training_schema(tokenizer, schema)
         table = read_source(source, data, schema=schema, require_labels=False, **options)
         frame, name, dropped = table.frame, str(data), dict(table.dropped)
     derived = {recency_name(name) for name in tokenizer.schema.recency}
@@ -205,6 +207,31 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         if nulls.any():
             raise DataError(name, "missing value", column=column, row=int(frame.get_column(ROW).filter(nulls)[0]))
     return with_recency(frame, tokenizer.schema), dropped
+
+
+def training_schema(tokenizer: TabularTokenizer, schema: str | Path | None = None) -> GenericSchemaFile | str | Path:
+    """The generic schema the model's data was prepared with, stored beside its tokenizer.
+
+    A ``schema`` file given as well must say the same; one that differs is an error naming the
+    keys. A tokenizer that stores none (prepared from a frame or before schemas were stored)
+    needs ``schema``.
+    """
+    stored = tokenizer.schema.schema_file
+    if stored is None:
+        if schema is None:
+            raise SchemaError("the model stores no generic schema; pass the schema file it was prepared with "
+                              "(--schema)")
+        return schema
+    trained = GenericSchemaFile.from_dict(stored)
+    if schema is None:
+        return trained
+    differing = trained.differences(GenericSchemaFile.load(schema))
+    if differing:
+        raise SchemaError(
+            f"{schema}: differs from the schema the model was prepared with in {differing}; "
+            "leave out --schema to use the stored one"
+        )
+    return trained
 
 
 def write_scores(scores: pl.DataFrame, path: str | Path) -> Path:

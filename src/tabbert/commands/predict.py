@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="raw rows to score: CSV, .csv.gz or Parquet (a folder for prsa)")
     parser.add_argument("--out", required=True, help="output CSV file")
     parser.add_argument("--source", choices=SOURCES, help="input format (default: the format the model was trained on)")
-    parser.add_argument("--schema", help="schema file for --source generic")
+    parser.add_argument("--schema", help="schema file for --source generic (default: the one stored with the model; "
+                        "a file that differs from it is an error)")
     add_threshold_option(parser)
     parser.add_argument("--batch-size", type=int, default=512, help="windows per batch (default 512)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -42,8 +42,9 @@ def summary(meta: dict) -> str:
         rows.append(("positive rows", meta["positive_rows"]))
         rate = meta["positive_rows"] / max(meta["rows_kept"], 1)
         rows.append(("positive row rate", f"{100 * rate:.3f} %"))
+        rule = {"any": "any row positive", "last": "last row positive"}[meta.get("positive_window_rule", "any")]
         for split in SPLITS:
             n, pos = meta["windows"][split], meta["positive_windows"][split]
-            rows.append((f"positive windows {split}", f"{pos:,} ({100 * pos / max(n, 1):.2f} %)"))
+            rows.append((f"positive windows {split} ({rule})", f"{pos:,} ({100 * pos / max(n, 1):.2f} %)"))
     rows.append(("seconds", meta["seconds"]["total"]))
     return format_table(rows, headers=("prepare", "value"))

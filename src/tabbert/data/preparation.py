@@ -109,6 +109,7 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
     _check_options(out, seq_len, stride, split, fractions)
     if table.frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
+    table.check_time_features()
     with PreparedWriter(out) as writer:
         meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed)
         meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
@@ -139,6 +140,12 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
     starts, window_entity = window_starts(entity_offsets, seq_len, stride)
+    if starts.size == 0:
+        longest = int(lengths.argmax())
+        raise TabbertError(
+            f"--seq-len {seq_len} is longer than every entity (the longest, {entities[longest]!r}, has "
+            f"{lengths[longest]} rows), so there are no windows; use --seq-len {lengths[longest]} or less"
+        )
 
     split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
     times, window_split, time_bounds = None, None, None  # the time split needs the times before the sort
@@ -236,7 +243,8 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
         writer.add_array("labels", labels)
         label_stats["positive_rows"] = int(labels.sum())
         label_stats["positive_windows"] = {}
-        positive_windows = window_labels(labels, starts, seq_len)
+        label_stats["positive_window_rule"] = "any"  # a window is positive when any of its rows is
+        positive_windows = window_labels(labels, starts, seq_len, "any")
     elif schema.task == "regression":
         targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32, copy=False)
         writer.add_array("targets", targets)

@@ -19,7 +19,10 @@ streaming engine. CSV values are read as text (types are never guessed from the 
 parsed with vectorized expressions. Every strict rule is a boolean "bad" expression evaluated in
 the same pass, so raw text is not kept. Only when a rule fires are the files scanned again to
 report the first offending row: the error names the file, the column, the 1-based data row
-(header excluded) and the value.
+(header excluded) and the value. A CSV row with too many fields, or a byte that is not UTF-8,
+stops the reader, and a row with too few reads as one whose last columns are empty: only then
+(an error, or an empty value in a file's last column) are the files read again, line by line,
+to name the row whose field count differs from the header's, or the line that is not UTF-8.
 
 Rows stay in source order; ``_row`` numbers them from 0 across all files read, in reading order.
 Rows a reader drops (missing values in PRSA, missing labels in generic sources) are counted in
@@ -35,11 +38,12 @@ import functools
 import gzip
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
 import polars as pl
 
 from tabbert.data.schema import (
@@ -96,9 +100,12 @@ _INTEGER = r"^-?[0-9]+$"
 _YEARS = (1, 9999)  # the calendar of dates given as parts
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # in a common year
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_TIME_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # prepared values are float32: larger ones would become inf
 _BAD = "__bad"
 _FILE = "__file"
 _DROP = "__drop"
+_LAST_EMPTY = "__last_empty"
 
 
 @dataclass(frozen=True)
@@ -178,9 +185,11 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     date = [(name, _integer(name, pl.Int32)) for name in ("Year", "Month", "Day")]
     timestamp = _as_datetime(_epoch_minutes(query, date) + minute_of_day)
     amount = query.parse(pl.col("Amount").str.strip_prefix("$").cast(pl.Float64, strict=False))
-    query.check("Amount", ~amount.is_finite().fill_null(False), "an amount of money like $134.09")
-    zip_code = query.parse(pl.col("Zip").cast(pl.Float64, strict=False))
-    query.check("Zip", pl.col("Zip").is_not_null() & ~(zip_code.round() == zip_code).fill_null(False),
+    query.check("Amount", ~_in_float32(amount), "an amount of money like $134.09")
+    zip_number = query.parse(pl.col("Zip").cast(pl.Float64, strict=False))
+    zip_code = zip_number.fill_nan(None)  # "NaN" is a missing zip code
+    whole_zip = ((zip_code.round() == zip_code) & (zip_code.abs() < 2**53)).fill_null(False)
+    query.check("Zip", pl.col("Zip").is_not_null() & ~zip_number.is_nan().fill_null(False) & ~whole_zip,
                 "a zip code like 91750 or 91750.0")
     chip = query.parse(pl.col("Use Chip").cast(CARD_USE_CHIP, strict=False))
     query.check("Use Chip", chip.is_null(), f"one of {CARD_USE_CHIP.categories.to_list()}")
@@ -197,7 +206,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         "Use Chip": chip,
         "Merchant Name": _integer("Merchant Name"),
         **{name: pl.col(name).cast(pl.Categorical) for name in ("Merchant City", "Merchant State", "Errors?")},
-        "Zip": zip_code.cast(pl.Int64),
+        "Zip": zip_code.cast(pl.Int64, strict=False),
         "MCC": _integer("MCC"),
         CARD_LABEL: label,
     }
@@ -254,21 +263,25 @@ def read_prsa(path: Sources, *, keep_missing: bool = False, require_labels: bool
     return Table(frame, schema, _describe(path), rows_in, dropped)
 
 
-def read_generic(path: Sources, schema_path: PathLike, *, require_labels: bool = True) -> Table:
+def read_generic(path: Sources, schema_path: PathLike | GenericSchemaFile, *, require_labels: bool = True) -> Table:
     """Read CSV or Parquet data (a file, a list, or a folder of them) described by a schema file.
 
     See :class:`~tabbert.data.schema.GenericSchemaFile` for the keys. The entity key joins its
     columns with "|". Time is one column (text parsed with ``time_format``, else ISO-8601 or
-    integer epoch seconds; or a native date, datetime or integer epoch) or integer parts
+    epoch numbers in ``time_unit``; or a native date, datetime, or integers in ``time_unit`` or
+    ``time_format``) or integer parts
     [year, month, day(, hour(, minute))]. Categorical columns become text, numeric ones floats.
     Classification labels map numbers 0/1, ``positive_values`` (to 1) and "0", "no", "false",
     "n" (to 0), case-insensitively; regression targets are floats. In CSV, empty values and
     "NA", "N/A", "NaN", "null" are missing. A row missing a label is dropped and counted; a row
     missing its entity or time is an error. Columns the schema does not name are ignored. With
     ``require_labels=False`` (rows to score) label columns may be absent and no row is dropped
-    for a missing label.
+    for a missing label. ``schema_path`` may also be a schema already loaded.
     """
-    spec = GenericSchemaFile.load(schema_path)
+    if isinstance(schema_path, GenericSchemaFile):
+        spec, schema_path = schema_path, "the stored schema"
+    else:
+        spec = GenericSchemaFile.load(schema_path)
     try:
         schema = spec.table_schema()
     except SchemaError as exc:
@@ -292,7 +305,7 @@ def read_generic(path: Sources, schema_path: PathLike, *, require_labels: bool =
     for name, part in zip(spec.entity, entity):
         query.check(name, part.is_null(), "a value (part of the entity key)")
     if len(spec.time) == 1:
-        timestamp = _time_column(query, files[0], spec.time[0], dtypes[spec.time[0]], spec.time_format)
+        timestamp = _time_column(query, files[0], spec.time[0], dtypes[spec.time[0]], spec)
     else:
         timestamp = _as_datetime(_epoch_minutes(query, [(name, _integer(name, pl.Int32)) for name in spec.time]))
     query.values = {ENTITY: pl.concat_str(entity, separator="|"), TIME: timestamp}
@@ -315,8 +328,9 @@ def read_generic(path: Sources, schema_path: PathLike, *, require_labels: bool =
 _READERS: dict[str, Callable[..., Table]] = {"card": read_card, "prsa": read_prsa, "generic": read_generic}
 
 
-def read_source(kind: str, path: Sources, *, schema: PathLike | None = None, **options) -> Table:
-    """Read a source by kind: ``"card"``, ``"prsa"`` or ``"generic"`` (which needs ``schema``)."""
+def read_source(kind: str, path: Sources, *, schema: PathLike | GenericSchemaFile | None = None, **options) -> Table:
+    """Read a source by kind: ``"card"``, ``"prsa"`` or ``"generic"`` (which needs ``schema``: a
+    file or a loaded :class:`~tabbert.data.schema.GenericSchemaFile`)."""
     reader = _READERS.get(kind)
     if reader is None:
         raise TabbertError(f"unknown source {kind!r}; choose from {sorted(_READERS)}")
@@ -379,15 +393,56 @@ def _columns(path: Path) -> list[str]:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise DataError(path, f"not a readable Parquet file ({_first_line(exc)})") from exc
     try:
-        with open(path, "rb") as raw:
-            gzipped = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline="") as text:
-            header = text.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        with _open_binary(path) as raw:
+            header = next(_decoded_lines(path, raw), "")
+    except (OSError, EOFError) as exc:
         raise DataError(path, f"cannot read the file ({exc})") from exc
     if not header.strip():
         raise DataError(path, "empty file: no header row")
-    return next(csv.reader([header]))
+    columns = next(csv.reader([header]))
+    repeated = [name for i, name in enumerate(columns) if name in columns[:i]]
+    if repeated:
+        raise DataError(path, f"the header names column {repeated[0]!r} more than once; give each column its own name")
+    return columns
+
+
+def _open_binary(path: Path):
+    """A CSV file's bytes, gzip-compressed or not."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _decoded_lines(path: Path, raw) -> Iterator[str]:
+    """The lines of a binary file as text; a byte that is not UTF-8 is an error naming its line."""
+    for number, line in enumerate(raw, 1):
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                path, f"line {number}: byte {line[exc.start]:#04x} is not UTF-8 text; save the file as UTF-8"
+            ) from exc
+
+
+def _check_field_counts(files: Sequence[Path], last_row: int | None = None) -> None:
+    """Raise a DataError at the first data row (up to ``_row`` ``last_row``) whose field count
+    differs from its file's header, or at the first line that is not UTF-8 text."""
+    rows_before = 0
+    for file in files:
+        with _open_binary(file) as raw:
+            reader = csv.reader(_decoded_lines(file, raw))
+            n_columns = len(next(reader, []))
+            rows = 0
+            for fields in reader:
+                if not fields:  # a blank line is no row
+                    continue
+                rows += 1
+                if len(fields) != n_columns:
+                    raise DataError(file, f"{len(fields)} fields where the header has {n_columns} "
+                                          f"(line {reader.line_num})", row=rows)
+                if last_row is not None and rows_before + rows > last_row:
+                    return
+        rows_before += rows
 
 
 def _require_exact_columns(path: Path, expected: Sequence[str]) -> None:
@@ -442,17 +497,33 @@ def _run(source: str, files: list[Path], scan: Scan, query: _Query,
     """Collect ``query`` over ``files``: the normalized frame, the rows read and the rows dropped.
 
     ``typed_scan`` (faster) is tried first; if a value fails to parse there, ``scan`` reads again.
+    A CSV row with too few fields reads as one whose last columns are empty, so only when some
+    row's last column is empty (or a rule fires) are the files read again for their field counts.
     """
+    csv_last = [] if _is_parquet(files[0]) else list(dict.fromkeys(_columns(file)[-1] for file in files))
     frame = None
     if typed_scan is not None:
         try:
-            frame = _plan(typed_scan(files), query).collect(engine="streaming")
+            frame = _plan(typed_scan(files), query, csv_last).collect(engine="streaming")
         except pl.exceptions.PolarsError:
             frame = None  # the text scan below meets the same value and names it
     if frame is None:
-        frame = _collect(_plan(scan(files), query), source)
+        try:
+            frame = _collect(_plan(scan(files), query, csv_last), source)
+        except DataError:
+            if csv_last:  # too many fields or a byte that is not UTF-8: name the row
+                _check_field_counts(files)
+            raise
     if frame.is_empty():
         raise DataError(source, "no data rows")
+    if csv_last:
+        last_empty = frame.get_column(ROW).filter(frame.get_column(_LAST_EMPTY))
+        if not last_empty.is_empty():  # rows up to the first bad one, else up to the last suspect
+            bad_rows = frame.get_column(ROW).filter(frame.get_column(_BAD))
+            last_row = int(last_empty[-1] if bad_rows.is_empty() else bad_rows[0])
+            if last_empty[0] <= last_row:
+                _check_field_counts(files, last_row=last_row)
+        frame = frame.drop(_LAST_EMPTY)
     if frame[_BAD].any():
         _raise_first_bad(files, scan, query)
     frame = frame.drop(_BAD)
@@ -466,12 +537,17 @@ def _run(source: str, files: list[Path], scan: Scan, query: _Query,
     return frame, rows_in, dropped
 
 
-def _plan(raw: pl.LazyFrame, query: _Query) -> pl.LazyFrame:
-    """The normalized columns of ``raw``, a flag for rows breaking a check and one for rows to drop."""
+def _plan(raw: pl.LazyFrame, query: _Query, last_columns: Sequence[str] = ()) -> pl.LazyFrame:
+    """The normalized columns of ``raw``, a flag for rows breaking a check, one for rows to drop
+    and one for rows whose value in one of ``last_columns`` (the files' last) is empty."""
+    last_empty = []
+    if last_columns:
+        last_empty.append(pl.any_horizontal(pl.col(name).is_null() for name in last_columns).alias(_LAST_EMPTY))
     plan = raw.with_columns(**query.parsed).select(
         pl.col(ROW).cast(pl.UInt64),
         *(expr.alias(name) for name, expr in query.values.items()),
         pl.any_horizontal(check.bad for check in query.checks).alias(_BAD),
+        *last_empty,
     )
     if query.drop_if_missing:
         first_missing = pl.min_horizontal(
@@ -529,8 +605,13 @@ def _number(query: _Query, column: str) -> pl.Expr:
     """A float parsed from text; a value that is not a finite number is bad."""
     raw = pl.col(column)
     value = query.parse(raw.cast(pl.Float64, strict=False))
-    query.check(column, raw.is_not_null() & ~value.is_finite().fill_null(False), "a number")
+    query.check(column, raw.is_not_null() & ~_in_float32(value), f"a number within ±{FLOAT32_MAX:.3g}")
     return value
+
+
+def _in_float32(value: pl.Expr) -> pl.Expr:
+    """True where ``value`` is a number float32 holds (finite once stored), false where missing."""
+    return (value.abs() <= FLOAT32_MAX).fill_null(False)
 
 
 def _generic_number(query: _Query, path: Path, column: str, dtype: pl.DataType) -> pl.Expr:
@@ -540,7 +621,7 @@ def _generic_number(query: _Query, path: Path, column: str, dtype: pl.DataType) 
     if not (dtype.is_numeric() or dtype == pl.Boolean):
         raise DataError(path, f"holds {dtype}, not numbers", column=column)
     value = query.parse(pl.col(column).cast(pl.Float64).fill_nan(None))
-    query.check(column, value.is_infinite().fill_null(False), "a finite number")
+    query.check(column, value.is_not_null() & ~_in_float32(value), f"a number within ±{FLOAT32_MAX:.3g}")
     return value
 
 
@@ -614,26 +695,55 @@ def _as_datetime(minutes: pl.Expr) -> pl.Expr:
     return (minutes * MICROSECONDS_PER_MINUTE).cast(pl.Datetime("us"))
 
 
-def _time_column(query: _Query, path: Path, column: str, dtype: pl.DataType, time_format: str | None) -> pl.Expr:
-    """A datetime from one column: native date/datetime, integer epoch seconds, or text."""
+def _time_column(query: _Query, path: Path, column: str, dtype: pl.DataType, spec: GenericSchemaFile) -> pl.Expr:
+    """A datetime from one column: native date/datetime, epoch numbers (``time_unit``), or text
+    or integers in ``time_format`` (else ISO-8601 text). Digits are never guessed to be epoch seconds."""
     raw = pl.col(column)
+    time_format, time_unit = spec.time_format, spec.time_unit
+    digits_fix = (
+        "set time_unit (s, ms, us or ns) for epoch numbers, or time_format for dates written as digits "
+        "(such as '%Y%m%d' for 20240131)"
+    )
     if isinstance(dtype, pl.Datetime):
         utc = raw.dt.convert_time_zone("UTC").dt.replace_time_zone(None) if dtype.time_zone else raw
         value = utc.dt.cast_time_unit("us")
     elif dtype == pl.Date:
         value = raw.cast(pl.Datetime("us"))
+    elif dtype.is_integer() and time_unit:
+        value = _from_epoch(raw, time_unit)
+    elif dtype.is_integer() and time_format:
+        value = _formatted_time(raw.cast(pl.String), time_format)
     elif dtype.is_integer():
-        value = pl.from_epoch(raw, time_unit="s").dt.cast_time_unit("us")
+        raise SchemaError(f"{path}: time column {column!r} holds integers ({dtype}); {digits_fix}")
     elif dtype == pl.String and time_format:
-        value = raw.str.to_datetime(time_format, time_unit="us", strict=False).dt.replace_time_zone(None)
+        value = _formatted_time(raw, time_format)
     elif dtype == pl.String:
-        epoch = pl.from_epoch(raw.cast(pl.Int64, strict=False), time_unit="s").dt.cast_time_unit("us")
+        digits = raw.str.contains(_INTEGER)
         iso = raw.str.strip_suffix("Z").str.replace("T", " ", literal=True)
         parsed = pl.coalesce(iso.str.to_datetime(fmt, time_unit="us", strict=False) for fmt in _ISO_FORMATS)
-        value = pl.when(raw.str.contains(_INTEGER)).then(epoch).otherwise(parsed)
+        if time_unit:
+            value = pl.when(digits).then(_from_epoch(raw.cast(pl.Int64, strict=False), time_unit)).otherwise(parsed)
+        else:
+            query.check(column, digits.fill_null(False), f"a date or time, not bare digits; {digits_fix}")
+            value = pl.when(~digits).then(parsed)
     else:
-        raise DataError(path, f"holds {dtype}; expected a date, a datetime, epoch seconds or text", column=column)
+        raise DataError(path, f"holds {dtype}; expected a date, a datetime, epoch numbers or text", column=column)
     value = query.parse(value)
-    expected = f"a time in the format {time_format!r}" if time_format else "ISO-8601 date/datetime or epoch seconds"
+    if time_format:
+        expected = f"a time in the format {time_format!r}"
+    elif time_unit:
+        expected = f"epoch {_TIME_UNIT_NAMES[time_unit]} or an ISO-8601 date/datetime"
+    else:
+        expected = "an ISO-8601 date/datetime"
     query.check(column, value.is_null(), expected)
     return value
+
+
+def _from_epoch(number: pl.Expr, time_unit: str) -> pl.Expr:
+    """A datetime (microseconds) from an integer count of ``time_unit`` since 1970-01-01."""
+    return pl.from_epoch(number, time_unit=time_unit).dt.cast_time_unit("us")
+
+
+def _formatted_time(text: pl.Expr, time_format: str) -> pl.Expr:
+    """A datetime (microseconds) from text in ``time_format``; null where it does not match."""
+    return text.str.to_datetime(time_format, time_unit="us", strict=False).dt.replace_time_zone(None)

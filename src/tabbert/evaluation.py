@@ -88,6 +88,10 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
              batch_size: int = EVAL_BATCH_SIZE, device: str | None = None) -> dict:
     """Metrics of a fine-tuned run (``RUN`` or ``RUN/model``) on ``split`` of a prepared dataset,
     also merged into the run's ``metrics.json``. ``device``: see :func:`tabbert.runs.choose_device`."""
+    from tabbert.baselines.rows import evaluate_rows, is_row_run
+
+    if is_row_run(model_dir):
+        return evaluate_rows(model_dir, data_dir, split, batch_size=batch_size, device=device)
     run = load_run(model_dir, expect="classifier")
     data = PreparedDataset(data_dir)
     check_compatible(run, data)

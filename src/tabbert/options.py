@@ -33,6 +33,7 @@ LOSSES = {"classification": ("ce", "rmse"), "regression": ("mse", "rmse")}
 IMBALANCE = ("upsample", "weights", "none")
 CLASSIFICATION_METRICS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "recall_at_1pct_fpr")
 BASELINE_KINDS = ("lightgbm", "lstm", "mlp")
+LIGHTGBM_FEATURES = ("history", "window")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
@@ -355,6 +356,23 @@ class BaselineOptions(Options):
     seed: int = option(0, help="random seed")
     lr: float | None = option(None, above=0, aliases=("--learning-rate",),
                               help="learning rate (default 0.05 for lightgbm, the fine-tuning default otherwise)")
+    features: str = option("history", choices=LIGHTGBM_FEATURES, group="lightgbm",
+                           help="history: one example per row, scored from its entity's causal history (counts and "
+                           "sums over the last hour/day/week, values against the entity's earlier ones, whether "
+                           "it used this raw value before); window: aggregates of the paper's windows")
+    negative_rate: float = option(0.1, above=0, group="lightgbm",
+                                  help="history: share of negative training rows kept (seeded); kept negatives "
+                                  "weigh 1/rate, so scores stay probability estimates. Evaluation uses every row")
+    label_fraction: float = option(1.0, above=0, group="lightgbm",
+                                   help="history: share of the training entities (seeded) whose rows are labelled "
+                                   "training examples, for label-budget experiments")
+    embeddings: str | None = option(None, group="lightgbm", metavar="RUN/model",
+                                    help="history: append the pre-trained TabBERT encoder's output at each row "
+                                    "(last position of its padded causal history). A model pre-trained on the "
+                                    "same training entities makes these in-sample features: mind the protocol")
+    extra_features: str | None = option(None, group="lightgbm", metavar="FILE.npy",
+                                        help="history: append a float32 [n_rows, k] array aligned with the prepared "
+                                        "rows (e.g. anomaly scores); in-sample when fitted on the training rows")
     rounds: int = option(2000, help="most boosting rounds", at_least=1, group="lightgbm")
     early_stopping: int = option(100, at_least=1, group="lightgbm",
                                  help="stop after this many rounds without a better validation score")
@@ -380,12 +398,21 @@ class BaselineOptions(Options):
         weight = self.scale_pos_weight
         if isinstance(weight, str) and weight != "balanced" or not isinstance(weight, str) and not weight > 0:
             raise TabbertError(f"scale_pos_weight must be a positive number or 'balanced', got {weight!r}")
+        for name in ("negative_rate", "label_fraction"):
+            if getattr(self, name) > 1:
+                raise TabbertError(f"{name} must be at most 1, got {getattr(self, name)}")
+        if self.features == "window" and (self.embeddings or self.extra_features or self.label_fraction < 1):
+            raise TabbertError("--embeddings, --extra-features and --label-fraction apply to --features history")
 
     def to_dict(self) -> dict:
         """The options that apply to this kind of baseline."""
         other = "lstm and mlp" if self.kind == "lightgbm" else "lightgbm"
+        unused = {"plots"} if self.kind != "lightgbm" else set()
+        if self.kind == "lightgbm":
+            unused |= {"negative_rate", "label_fraction", "embeddings", "extra_features"} \
+                if self.features == "window" else {"label_mode"}
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
-                if item.metadata.get("group") != other and (item.name != "plots" or self.kind == "lightgbm")}
+                if item.metadata.get("group") != other and item.name not in unused}
 
     @property
     def learning_rate(self) -> float:

@@ -39,7 +39,8 @@ def _hand_table() -> Table:
             for m, s, c, a in zip(MINUTES, SHOPS, CHANNELS, AMOUNTS)]
     rows += [{ENTITY: "v", TIME: start + dt.timedelta(hours=i), "shop": "a", "channel": "chip", "amount": 1.0,
               "fraud": 0} for i in range(4)]
-    frame = pl.DataFrame(rows).with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.UInt64), pl.col("fraud").cast(pl.Int8))
+    frame = pl.DataFrame(rows).with_row_index(ROW)
+    frame = frame.with_columns(pl.col(ROW).cast(pl.UInt64), pl.col("fraud").cast(pl.Int8))
     schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2), FieldSpec("channel", "categorical"),
                                  FieldSpec("amount", "numeric", n_bins=2)), labels=("fraud",))
     return Table(frame=frame, schema=schema, path="hand-made", rows_in=frame.height)
@@ -110,7 +111,10 @@ def test_seen_before_and_windows_on_a_hand_made_table(hand_data):
     np.testing.assert_array_equal(_column(layout, matrix, "channel.unusual_so_far"), [0, 0, 1, 1, 1, 2, 3, 3])
     np.testing.assert_array_equal(_column(layout, matrix, "hour"), [6, 6, 7, 9, 7, 7, 8, 10])
     assert _column(layout, matrix, "seconds_since_previous")[4:6].tolist() == [1300 * 60, 0]
-    assert layout.names[layout.categorical[0]] == "shop.token"
+    assert [layout.names[k] for k in layout.categorical] == ["shop.token", "channel.token"]
+    for j, name in enumerate(("shop", "channel")):
+        local = np.asarray(hand_data.tokens[:8, j]) - hand_data.tokenizer.fields[j].offset
+        np.testing.assert_array_equal(_column(layout, matrix, f"{name}.token"), local)
 
 
 def test_features_are_causal(cards):

@@ -27,6 +27,8 @@ with the same time see each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,8 @@ GAP_COLUMN = "gap_seconds"
 MAX_CATEGORIES = 16
 WINDOWS = (("1h", MICROSECONDS_PER_HOUR), ("1d", MICROSECONDS_PER_DAY), ("7d", 7 * MICROSECONDS_PER_DAY))
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0
+KEY_LIMIT = 2**62
+THREADS = 2  # the sorts of the seen-before features run beside the rest
 
 
 @dataclass(frozen=True)
@@ -123,40 +127,53 @@ class HistoryFeatures:
         entity = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
         first = np.asarray(entity_offsets[:-1], dtype=np.int64)[entity]  # first row of each row's entity
         position = np.arange(n, dtype=np.int64)
+        hour = times // MICROSECONDS_PER_HOUR % 24
+        out = np.empty((n, len(self.names)), dtype=np.float32, order="F")  # filled column by column
+        with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            seen = [pool.submit(_seen_before, entity, times, np.ascontiguousarray(column))
+                    for column in [*codes.T, hour]]
+            column = self._fill_numeric(out, values, entity, times, position, first)
+            for job in seen:
+                out[:, column], out[:, column + 1] = job.result()
+                column += 2
+        offsets = self.tokenizer.field_offsets
+        for j, usual in zip(_few_valued(self.tokenizer, self.max_categories), self.usual):
+            unusual = tokens[:, j] != usual + offsets[j]
+            so_far = np.cumsum(unusual)
+            out[:, column] = so_far - so_far[first] + unusual[first]
+            column += 1
+        out[:, column], out[:, column + 1] = hour, (times // MICROSECONDS_PER_DAY + EPOCH_WEEKDAY) % 7
+        for j in self._categorical:
+            column += 1
+            np.subtract(tokens[:, j], offsets[j], out=out[:, column + 1], dtype=np.float32, casting="unsafe")
+        return out
+
+    def _fill_numeric(self, out: np.ndarray, values: np.ndarray, entity: np.ndarray, times: np.ndarray,
+                      position: np.ndarray, first: np.ndarray) -> int:
+        """Fill the columns up to the seconds since the previous row; the next column's index."""
         numeric = values[:, [self.value_columns.index(c) for c in self._numeric]].astype(np.float64)
         present = ~np.isnan(numeric)
         filled = np.where(present, numeric, 0.0)
-        hour = times // MICROSECONDS_PER_HOUR % 24
-
-        frame = pl.DataFrame({"entity": entity, "time": times,
-                              **{f"x{k}": filled[:, k] for k in range(filled.shape[1])},
-                              **{f"p{k}": present[:, k].astype(np.float64) for k in range(filled.shape[1])},
-                              **{f"c{k}": codes[:, k] for k in range(codes.shape[1])}, "hour": hour})
-        sums = _entity_cumulative(frame, filled.shape[1])
-        seen = _seen_before(frame, [*(f"c{k}" for k in range(codes.shape[1])), "hour"])
-
-        columns = [position - first + 1]
-        for _, width in WINDOWS:
-            start = _window_start(entity, times, width)
-            columns.append(position - start + 1)
+        sums = _entity_cumulative(entity, filled, present)
+        out[:, 0] = position - first + 1
+        column = 1
+        for start in _window_starts(entity, times, [width for _, width in WINDOWS]):
+            out[:, column] = position - start + 1
+            column += 1
             for k in range(filled.shape[1]):
                 cumulative = sums[f"x{k}"]
-                columns.append(cumulative - (cumulative[start] - filled[start, k]))
+                out[:, column] = cumulative - (cumulative[start] - filled[start, k])
+                column += 1
         for k in range(filled.shape[1]):
-            columns += _relative(numeric[:, k], filled[:, k], present[:, k], sums, k)
-        previous = np.concatenate([[0], times[:-1]])
-        columns.append(np.where(position > first, (times - previous) / MICROSECONDS_PER_SECOND, np.nan))
-        columns += seen
-        local = tokens.astype(np.int64) - np.asarray(self.tokenizer.field_offsets, dtype=np.int64)
-        for j, usual in zip(_few_valued(self.tokenizer, self.max_categories), self.usual):
-            unusual = np.cumsum(local[:, j] != usual)
-            columns.append(unusual - unusual[first] + (local[first, j] != usual))
-        columns += [hour, (times // MICROSECONDS_PER_DAY + EPOCH_WEEKDAY) % 7]
-        columns += [local[:, j] for j in self._categorical]
-        out = np.empty((n, len(columns)), dtype=np.float32)
-        for k, column in enumerate(columns):
-            out[:, k] = column
-        return out
+            for feature in _relative(numeric[:, k], filled[:, k], present[:, k], sums, k):
+                out[:, column] = feature
+                column += 1
+        since = np.empty(len(times), dtype=np.float64)
+        since[1:] = times[1:] - times[:-1]
+        since /= MICROSECONDS_PER_SECOND
+        since[position == first] = np.nan
+        out[:, column] = since
+        return column + 1
 
 
 def _few_valued(tokenizer: TabularTokenizer, max_categories: int) -> list[int]:
@@ -164,16 +181,16 @@ def _few_valued(tokenizer: TabularTokenizer, max_categories: int) -> list[int]:
             if field.kind == "categorical" and field.n_tokens <= max_categories]
 
 
-def _entity_cumulative(frame: pl.DataFrame, n_numeric: int) -> dict[str, np.ndarray]:
-    """Per entity, running sums (this row included) of each numeric value, its square and its presence."""
-    expressions = []
-    for k in range(n_numeric):
-        x, p = pl.col(f"x{k}"), pl.col(f"p{k}")
-        expressions += [x.cum_sum().over("entity").alias(f"x{k}"), (x * x).cum_sum().over("entity").alias(f"q{k}"),
-                        p.cum_sum().over("entity").alias(f"p{k}")]
-    if not expressions:
+def _entity_cumulative(entity: np.ndarray, filled: np.ndarray, present: np.ndarray) -> dict[str, np.ndarray]:
+    """Per entity, running sums (this row included) of each numeric value (``x<k>``), its square
+    (``q<k>``) and its presence (``p<k>``)."""
+    if not filled.shape[1]:
         return {}
-    sums = frame.select(expressions)
+    columns = {"entity": entity}
+    for k in range(filled.shape[1]):
+        columns.update({f"x{k}": filled[:, k], f"q{k}": filled[:, k] ** 2, f"p{k}": present[:, k].astype(np.float64)})
+    frame = pl.DataFrame(columns)
+    sums = frame.select(pl.exclude("entity").cum_sum().over("entity"))
     return {name: sums.get_column(name).to_numpy() for name in sums.columns}
 
 
@@ -190,27 +207,52 @@ def _relative(value: np.ndarray, filled: np.ndarray, present: np.ndarray, sums: 
     return [value, mean, ratio, z]
 
 
-def _seen_before(frame: pl.DataFrame, code_columns: list[str]) -> list[np.ndarray]:
-    """For each code column: earlier rows of the entity with this row's code, and seconds since the
-    latest (NaN: none, or a null code)."""
-    expressions = []
-    for name in code_columns:
-        group = ["entity", name]
-        null = pl.col(name) < 0
-        count = pl.when(null).then(None).otherwise(pl.int_range(pl.len()).over(group))
-        since = pl.when(null).then(None).otherwise(pl.col("time") - pl.col("time").shift(1).over(group))
-        expressions += [count.cast(pl.Float64).alias(f"{name}.count"),
-                        (since.cast(pl.Float64) / MICROSECONDS_PER_SECOND).alias(f"{name}.since")]
-    seen = frame.select(expressions)
-    return [seen.get_column(name).fill_null(np.nan).to_numpy() for name in seen.columns]
+def _seen_before(entity: np.ndarray, times: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Earlier rows of the entity with this row's code, and seconds since the latest of them (NaN:
+    none, or a null code ``-1``). One stable sort by (entity, code) keeps each group in row order."""
+    key = entity * (int(codes.max()) + 2) + (codes + 1)
+    order = np.argsort(key, kind="stable")
+    grouped = key[order]
+    first = np.empty(grouped.size, dtype=bool)
+    first[:1] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+    index = np.arange(grouped.size)
+    rank = index - np.maximum.accumulate(np.where(first, index, 0))
+    ordered_times = times[order]
+    since = np.empty(grouped.size, dtype=np.float64)
+    since[1:] = ordered_times[1:] - ordered_times[:-1]
+    since /= MICROSECONDS_PER_SECOND
+    since[first] = np.nan
+    count, seconds = np.empty(grouped.size, dtype=np.float64), np.empty(grouped.size, dtype=np.float64)
+    count[order], seconds[order] = rank, since
+    null = codes < 0
+    count[null], seconds[null] = np.nan, np.nan
+    return count, seconds
 
 
-def _window_start(entity: np.ndarray, times: np.ndarray, width: int) -> np.ndarray:
-    """For each row, the first row of its entity whose time lies within ``width`` µs before it
-    (``time > row time - width``); rows are in entity-then-time order."""
-    distinct = np.unique(times)
-    rank = np.searchsorted(distinct, times)
-    stride = distinct.size + 1
-    key = entity * stride + rank  # ascending: entity first, then time
-    bound = entity * stride + np.searchsorted(distinct, times - width, side="right")
-    return np.searchsorted(key, bound, side="left")
+def _window_keys(entity: np.ndarray, times: np.ndarray, longest: int) -> tuple[np.ndarray, Callable]:
+    """Ascending keys of the rows (entity, then time) and a function giving, for a time, its key's
+    lower bound: the first key of the entity whose time is after it.
+
+    The key is ``entity * span + time`` in the coarsest unit that loses nothing (minutes, seconds
+    ...) when that fits in 63 bits, else ``entity * (n + 1) + time rank``.
+    """
+    low = int(times.min())
+    for unit in (60 * MICROSECONDS_PER_SECOND, MICROSECONDS_PER_SECOND, 1_000, 1):
+        if unit == 1 or not np.any(times % unit):
+            break
+    span = (int(times.max()) - low + longest) // unit + 2
+    if (int(entity[-1]) + 1) * span < KEY_LIMIT:
+        offset = entity * span - low // unit + longest // unit + 1  # keys of times down to ``low - longest`` stay in
+        return offset + times // unit, lambda bound: offset + bound // unit + 1
+    ranked = np.sort(times)
+    stride = times.size + 1
+    return entity * stride + np.searchsorted(ranked, times), \
+        lambda bound: entity * stride + np.searchsorted(ranked, bound, side="right")
+
+
+def _window_starts(entity: np.ndarray, times: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    """For each width, each row's first row of its entity whose time lies within ``width`` µs before
+    it (``time > row time - width``); rows are in entity-then-time order."""
+    keys, lower_bound = _window_keys(entity, times, max(widths))
+    return [np.searchsorted(keys, lower_bound(times - width), side="left") for width in widths]

@@ -11,10 +11,14 @@ and test score every row of their split. The run is loadable by ``tabbert evalua
 
 With ``features="window"`` (the paper's protocol), :func:`train_lightgbm` computes the
 :class:`~tabbert.baselines.features.WindowFeatures` of every window of the train, val and test
-splits and fits LightGBM on the same windows and labels the neural models see. Classification: one model of the window label (``any`` row positive, or the
+splits and fits LightGBM on the same windows and labels the neural models see.
+
+Classification: one model of the label (of the row; of the window: ``any`` row positive, or the
 ``last`` row's label), early stopping on validation average precision, the decision threshold
 with the best validation F1 applied unchanged to test. Regression: one model per target (the
-last row's value), early stopping on validation L2, RMSE and MAE in the targets' own units.
+row's, or the window's last row's value), early stopping on validation L2, RMSE and MAE in the
+targets' own units (a row-level regression run is written, but only classification runs are
+scored by ``evaluate`` and ``predict``).
 
 Training is deterministic: same data, seed and parameters give the same model, whatever the
 number of threads. The run directory of window features holds::

@@ -28,6 +28,7 @@ import polars as pl
 
 from tabbert.baselines.history import HistoryFeatures
 from tabbert.data.prepared import PreparedDataset
+from tabbert.data.schema import ENTITY, ROW
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.data.windows import SPLITS, assign_entities, assign_random
 from tabbert.errors import ArtifactError, TabbertError
@@ -134,8 +135,9 @@ class RowInputs:
         return extra.astype(np.float32, copy=False)
 
     def to_dict(self) -> dict:
-        return {"history": self.layout.to_dict(), "embeddings": self.embeddings, "embedding_width": self.embedding_width,
-                "extra_features": self.extra_features, "extra_width": self.extra_width}
+        return {"history": self.layout.to_dict(), "embeddings": self.embeddings,
+                "embedding_width": self.embedding_width, "extra_features": self.extra_features,
+                "extra_width": self.extra_width}
 
     @classmethod
     def from_dict(cls, saved: dict, tokenizer: TabularTokenizer) -> RowInputs:
@@ -161,7 +163,8 @@ class RowModel:
     def load(cls, path: str | Path) -> RowModel:
         path = Path(path)
         if not is_row_run(path):
-            raise ArtifactError(f"{path}: not a row-level LightGBM run (no model.txt and features.json of kind history)")
+            raise ArtifactError(f"{path}: not a row-level LightGBM run (no model.txt, or features.json not of "
+                                "kind history)")
         saved = _read(path / FEATURES_FILE)
         tokenizer = TabularTokenizer.load(path / TOKENIZER_FILE)
         try:
@@ -236,15 +239,14 @@ def predict_rows(run_path: str | Path, data, *, source: str | None = None, schem
     scores[rows.order] = model.scores(features)
     history = np.empty(frame.height, dtype=np.int64)
     history[rows.order] = np.arange(frame.height) - entity_starts(rows.entity_offsets) + 1
-    columns = {"row": frame.get_column("_row"), "entity": frame.get_column("_entity"), "score": scores,
+    columns = {"row": frame.get_column(ROW), "entity": frame.get_column(ENTITY), "score": scores,
                "history_rows": history}
     if model.threshold is not None:
         columns["predicted"] = (scores >= model.threshold).astype(np.int8)
     scored = time.perf_counter()
     seconds = {"load": loaded - started, "read": read - loaded, "tokenize": encoded - read, "model": scored - encoded,
                "total": scored - started}
-    unseen = {name: count for name, count in rows.unseen.items()}
-    return Prediction(pl.DataFrame(columns), entities=len(rows.entity_offsets) - 1, padded_rows=0, unseen=unseen,
+    return Prediction(pl.DataFrame(columns), entities=len(rows.entity_offsets) - 1, padded_rows=0, unseen=rows.unseen,
                       dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
 
 

@@ -205,7 +205,7 @@ def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, ent
 
 def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered], starts, seq_len: int,
                             window_split=None, time_bounds=None) -> tuple[list[str], dict, dict]:
-    """Write the raw values, raw-value codes, source row ids, labels or targets (rows in order) and each split's windows.
+    """Write the raw values and codes, source row ids, labels or targets (rows in order) and each split's windows.
 
     ``starts`` are the start rows of all windows, ``window_split`` their split ids or, for the
     time split (``None``), those that the time of each window's newest row takes in

@@ -352,7 +352,8 @@ class BaselineOptions(Options):
 
     kind: str = option(help="which baseline to train", choices=BASELINE_KINDS)
     label_mode: str = option("any", choices=LABEL_MODES, aliases=("--label",),
-                             help="window label: any row positive (the paper) or the last row's label")
+                             help="window label (lightgbm: with --features window): any row positive (the paper) "
+                             "or the last row's label")
     seed: int = option(0, help="random seed")
     lr: float | None = option(None, above=0, aliases=("--learning-rate",),
                               help="learning rate (default 0.05 for lightgbm, the fine-tuning default otherwise)")

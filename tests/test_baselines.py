@@ -132,7 +132,7 @@ def _scores(run, data) -> dict:
 
 def test_lightgbm_trains_saves_and_reloads(card_data, tmp_path):
     run = tmp_path / "run"
-    metrics = train_lightgbm(card_data.path, run, seed=0, threads=1)
+    metrics = train_lightgbm(card_data.path, run, seed=0, threads=1, features="window")
     saved = json.loads((run / "metrics.json").read_text())
     test = metrics["splits"]["test"]
     assert saved["splits"] == metrics["splits"]
@@ -148,7 +148,8 @@ def test_lightgbm_trains_saves_and_reloads(card_data, tmp_path):
 
 
 def test_same_seed_same_model(card_data, tmp_path):
-    options = {"seed": 3, "threads": 1, "label_mode": "last", "scale_pos_weight": "balanced", "plots": False}
+    options = {"seed": 3, "threads": 1, "label_mode": "last", "scale_pos_weight": "balanced", "plots": False,
+               "features": "window"}
     one = train_lightgbm(card_data.path, tmp_path / "one", **options)
     two = train_lightgbm(card_data.path, tmp_path / "two", **options)
     assert one["splits"]["val"] == two["splits"]["val"] and one["splits"]["test"] == two["splits"]["test"]
@@ -168,7 +169,7 @@ def test_validation_without_positives_stops_on_log_loss(tmp_path):
     data = prepare("card", tmp_path / "cards.csv", tmp_path / "ds")
     assert data.meta["positive_windows"]["val"] == 0 < data.meta["positive_windows"]["train"]
     with pytest.warns(UndefinedMetricWarning) as caught:
-        metrics = train_lightgbm(data.path, tmp_path / "run", rounds=100, threads=1, plots=False)
+        metrics = train_lightgbm(data.path, tmp_path / "run", rounds=100, threads=1, plots=False, features="window")
     assert any("validation windows hold one class" in str(w.message) for w in caught)
     assert metrics["training"]["early_stopping_metric"] == "binary_logloss"
     assert metrics["splits"]["val"]["pr_auc"] is None and metrics["splits"]["val"]["positives"] == 0

@@ -97,7 +97,9 @@ def test_finetune_options_depend_on_the_task():
 def test_the_baseline_runs_the_fine_tuning_of_its_kind():
     options = BaselineOptions.create(kind="lstm", label_mode="last", epochs=2, size="tiny", lr=0.01)
     assert options.finetune_options() == FinetuneOptions.create(encoder="raw", head="lstm", label_mode="last",
-                                                                epochs=2, size="tiny", lr=0.01)
+                                                                negative_rate=0.1, epochs=2, size="tiny", lr=0.01)
+    paper = BaselineOptions.create(kind="lstm", points="windows").finetune_options().for_task("classification")
+    assert (paper.points, paper.label_mode, paper.negative_rate) == ("windows", "any", 1.0)
     assert BaselineOptions.create(kind="mlp").finetune_options().lr == FinetuneOptions.create(encoder="raw").lr
     lightgbm = BaselineOptions.create(kind="lightgbm")
     assert lightgbm.learning_rate == 0.05 and "epochs" not in lightgbm.to_dict() and "rounds" in lightgbm.to_dict()

@@ -124,7 +124,7 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     data = prepare_table(three_entity_table, tmp_path / "ds")
     names = sorted(p.name for p in data.path.iterdir())
     assert names == sorted([
-        "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "splits.json", "times.npy",
+        "codes.npy", "entities.json", "entity_offsets.npy", "labels.npy", "meta.json", "row_ids.npy", "splits.json", "times.npy",
         "tokenizer.json", "tokens.npy", "values.npy", "windows_test.npy", "windows_train.npy", "windows_val.npy",
     ])
     meta = json.loads((data.path / "meta.json").read_text())

@@ -26,7 +26,7 @@ from tabbert.atomic import atomic_path
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
-from tabbert.runs import check_compatible, choose_device, forward_batches, load_run, prepared_windows
+from tabbert.runs import check_compatible, choose_device, forward_batches, load_run, padded_histories, prepared_windows
 
 LEVELS = ("window", "row")
 SPLIT_CHOICES = ("all", *SPLITS)
@@ -67,6 +67,21 @@ def write_embeddings(model_dir: str | Path, data_dir: str | Path, out: str | Pat
             writer.write_table(batch)
             records += batch.num_rows
     return {"windows": int(len(starts)), "records": records, "hidden_size": int(encoder.config.hidden_size)}
+
+
+def row_embeddings(encoder, tokens: np.ndarray, entity_start: np.ndarray, seq_len: int, *,
+                   batch_size: int = EMBED_BATCH_SIZE, progress: bool = False) -> np.ndarray:
+    """The encoder's output ``float32 [n_rows, hidden]`` at every row of an entity-then-time ordered
+    token matrix: the last position of the row's causal history, left-padded to ``seq_len`` rows."""
+    out = np.empty((len(tokens), encoder.config.hidden_size), dtype=np.float32)
+    hidden_states = forward_batches(
+        lambda input_ids, attention_mask: encoder(input_ids, attention_mask=attention_mask).last_hidden_state[:, -1],
+        len(tokens), padded_histories(tokens, entity_start, seq_len), device=encoder.device, batch_size=batch_size,
+        progress=progress, description="embedding rows",
+    )
+    for begin, hidden in zip(range(0, len(tokens), batch_size), hidden_states):
+        out[begin:begin + len(hidden)] = hidden.float().cpu().numpy()
+    return out
 
 
 def _schema(data: PreparedDataset, width: int, level: str) -> pa.Schema:

@@ -90,7 +90,11 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     """Metrics of a fine-tuned run (``RUN`` or ``RUN/model``) on ``split`` of a prepared dataset,
     also merged into the run's ``metrics.json``. ``threshold`` is a spec of :mod:`tabbert.thresholds`
     (default ``best-f1``). ``device``: see :func:`tabbert.runs.choose_device`."""
+    from tabbert.baselines.rows import evaluate_rows, is_row_run
+
     spec = ThresholdSpec.parse(threshold)
+    if is_row_run(model_dir):
+        return evaluate_rows(model_dir, data_dir, split, batch_size=batch_size, device=device)
     run = load_run(model_dir, expect="classifier")
     if run.model.config.task != "classification" and threshold is not None:
         raise TabbertError(f"{run.run_dir}: a threshold applies to classification models only")

@@ -35,22 +35,26 @@ In a notebook::
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
 from tabbert.atomic import atomic_path
+from tabbert.data.codes import raw_codes
 from tabbert.data.recency import recency_name, with_recency
 from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile, SchemaError
-from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
+from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer, gap_seconds
 from tabbert.errors import DataError
 from tabbert.metrics import classification_metrics
 from tabbert.runs import choose_device, load_run, padded_histories, score
 from tabbert.thresholds import Threshold, run_threshold
 
 PREDICT_BATCH_SIZE = 512
+GAP_COLUMN = "gap_seconds"  # the last value column of a prepared dataset
 FRAME_NAME = "<input frame>"
 
 
@@ -83,6 +87,10 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
                 batch_size: int = PREDICT_BATCH_SIZE, device: str | None = None, progress: bool = False) -> Prediction:
     """:func:`predict` with the threshold, the figures on labelled input, the unseen-category
     counts, padding count and timings."""
+    from tabbert.baselines.rows import is_row_run, predict_rows
+
+    if is_row_run(model_dir):
+        return predict_rows(model_dir, data, source=source, schema=schema, batch_size=batch_size, device=device)
     started = time.perf_counter()
     run = load_run(model_dir, expect="classifier")
     chosen = run_threshold(run, threshold)
@@ -174,6 +182,37 @@ def labelled_metrics(frame: pl.DataFrame, tokenizer: TabularTokenizer, scores: n
         return None
     labels = frame.get_column(label).to_numpy()[known]
     return classification_metrics(labels, scores[known], threshold.value, split="input")
+
+
+class EncodedRows(NamedTuple):
+    """Rows in entity-then-time order (``order``: their input positions), as the prepared arrays hold them."""
+
+    order: np.ndarray
+    tokens: np.ndarray
+    codes: np.ndarray
+    values: np.ndarray
+    times: np.ndarray
+    entity_offsets: np.ndarray
+    unseen: dict[str, int]
+
+
+def encode_rows(frame: pl.DataFrame, tokenizer: TabularTokenizer, value_columns: Sequence[str]) -> EncodedRows:
+    """Tokens, raw-value codes, numeric values (then the gap in seconds) and times of raw rows, ordered
+    by entity, then time, then row number, as ``prepare`` writes them."""
+    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
+    ordered = frame[order]
+    tokens = tokenizer.encode(ordered)
+    entity = ordered.get_column(ENTITY)
+    first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
+    entity_offsets = np.append(np.flatnonzero(first_of_entity), frame.height)
+    times = ordered.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()
+    values = np.empty((frame.height, len(value_columns)), dtype=np.float32)
+    for j, column in enumerate(value_columns):
+        values[:, j] = (gap_seconds(times, entity_offsets) if column == GAP_COLUMN
+                        else ordered.get_column(column).cast(pl.Float32).to_numpy())
+    unseen = {vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
+              for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical"}
+    return EncodedRows(order, tokens, raw_codes(ordered, tokenizer.schema), values, times, entity_offsets, unseen)
 
 
 def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,

@@ -33,6 +33,7 @@ LOSSES = {"classification": ("ce", "rmse"), "regression": ("mse", "rmse")}
 IMBALANCE = ("upsample", "weights", "none")
 CLASSIFICATION_METRICS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "recall_at_1pct_fpr")
 BASELINE_KINDS = ("lightgbm", "lstm", "mlp")
+LIGHTGBM_FEATURES = ("history", "window")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
@@ -404,14 +405,27 @@ class BaselineOptions(Options):
                                     help="a point's label: its last row's (default with --points rows) or 1 when any "
                                     "row of its history is positive (default with --points windows)")
     context: int | None = option(None, at_least=1, help="rows of history per point (default: the dataset's --seq-len)")
-    negative_rate: float | None = option(None, above=0,
-                                         help="share of the negative training points kept, drawn once with --seed "
-                                         "(default: 0.1 with --points rows, else 1)")
-    label_fraction: float = option(1.0, above=0,
-                                   help="train on the labels of this seeded share of the training entities only")
     seed: int = option(0, help="random seed")
     lr: float | None = option(None, above=0, aliases=("--learning-rate",),
                               help="learning rate (default 0.05 for lightgbm, the fine-tuning default otherwise)")
+    features: str = option("history", choices=LIGHTGBM_FEATURES, group="lightgbm",
+                           help="history: one example per row, scored from its entity's causal history (counts and "
+                           "sums over the last hour/day/week, values against the entity's earlier ones, whether "
+                           "it used this raw value before); window: aggregates of the paper's windows")
+    negative_rate: float = option(0.1, above=0,
+                                  help="with rows as prediction points: share of the negative training rows kept "
+                                  "(seeded; lightgbm weighs the kept ones 1/rate, so its scores stay probability "
+                                  "estimates). Evaluation uses every row")
+    label_fraction: float = option(1.0, above=0,
+                                   help="share of the training entities (seeded) whose rows are labelled training "
+                                   "examples, for label-budget experiments")
+    embeddings: str | None = option(None, group="lightgbm", metavar="RUN/model",
+                                    help="history: append the pre-trained TabBERT encoder's output at each row "
+                                    "(last position of its padded causal history). A model pre-trained on the "
+                                    "same training entities makes these in-sample features: mind the protocol")
+    extra_features: str | None = option(None, group="lightgbm", metavar="FILE.npy",
+                                        help="history: append a float32 [n_rows, k] array aligned with the prepared "
+                                        "rows (e.g. anomaly scores); in-sample when fitted on the training rows")
     rounds: int = option(2000, help="most boosting rounds", at_least=1, group="lightgbm")
     early_stopping: int = option(100, at_least=1, group="lightgbm",
                                  help="stop after this many rounds without a better validation score")
@@ -437,12 +451,21 @@ class BaselineOptions(Options):
         weight = self.scale_pos_weight
         if isinstance(weight, str) and weight != "balanced" or not isinstance(weight, str) and not weight > 0:
             raise TabbertError(f"scale_pos_weight must be a positive number or 'balanced', got {weight!r}")
+        for name in ("negative_rate", "label_fraction"):
+            if getattr(self, name) > 1:
+                raise TabbertError(f"{name} must be at most 1, got {getattr(self, name)}")
+        if self.features == "window" and (self.embeddings or self.extra_features or self.label_fraction < 1):
+            raise TabbertError("--embeddings, --extra-features and --label-fraction apply to --features history")
 
     def to_dict(self) -> dict:
         """The options that apply to this kind of baseline."""
         other = "lstm and mlp" if self.kind == "lightgbm" else "lightgbm"
+        unused = {"plots"} if self.kind != "lightgbm" else set()
+        if self.kind == "lightgbm":
+            unused |= {"negative_rate", "label_fraction", "embeddings", "extra_features"} \
+                if self.features == "window" else {"label_mode"}
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
-                if item.metadata.get("group") != other and (item.name != "plots" or self.kind == "lightgbm")}
+                if item.metadata.get("group") != other and item.name not in unused}
 
     @property
     def learning_rate(self) -> float:
@@ -452,7 +475,8 @@ class BaselineOptions(Options):
     def finetune_options(self) -> FinetuneOptions:
         """The fine-tuning that trains the ``lstm`` or ``mlp`` baseline."""
         settings = dict(encoder="raw", head=self.kind, points=self.points, label_mode=self.label_mode,
-                        context=self.context, negative_rate=self.negative_rate, label_fraction=self.label_fraction,
+                        context=self.context, label_fraction=self.label_fraction,
+                        negative_rate=None if self.points == "windows" else self.negative_rate,
                         seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size,
                         device=self.device)
         return FinetuneOptions.create(**settings, **({} if self.lr is None else {"lr": self.lr}))

@@ -98,6 +98,11 @@ def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False
     run_dir, model_dir = run_paths(path)
     config_file = model_dir / "config.json"
     if not config_file.is_file():
+        from tabbert.baselines.rows import is_row_run
+
+        if is_row_run(model_dir):
+            raise ArtifactError(f"{model_dir}: a LightGBM run (load it with tabbert.baselines.rows.RowModel), "
+                                "not a TabBERT model")
         raise ArtifactError(f"{model_dir}: not a model directory (no config.json)")
     config = _read_json(config_file)
     model_type = config.get("model_type")

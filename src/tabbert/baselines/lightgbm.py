@@ -1,14 +1,27 @@
-"""LightGBM on window aggregates: the gradient-boosted baseline beside TabBERT.
+"""LightGBM: the gradient-boosted baseline beside TabBERT.
 
-:func:`train_lightgbm` computes the :class:`~tabbert.baselines.features.WindowFeatures` of every
-window of the train, val and test splits and fits LightGBM on the same windows and labels the
-neural models see. Classification: one model of the window label (``any`` row positive, or the
+By default (``features="history"``) every row is an example, labelled with its own label and
+described by its entity's causal history (:class:`~tabbert.baselines.history.HistoryFeatures`,
+plus optional encoder outputs and extra columns, :class:`~tabbert.baselines.rows.RowInputs`).
+Training keeps every positive row and a seeded share ``negative_rate`` of the negative ones,
+each kept negative weighing ``1 / negative_rate`` (so scores stay probability estimates);
+``label_fraction`` keeps the rows of a seeded share of the training entities only. Validation
+and test score every row of their split. The run is loadable by ``tabbert evaluate`` and
+``tabbert predict`` (:mod:`tabbert.baselines.rows` describes its files).
+
+With ``features="window"`` (the paper's protocol), :func:`train_lightgbm` computes the
+:class:`~tabbert.baselines.features.WindowFeatures` of every window of the train, val and test
+splits and fits LightGBM on the same windows and labels the neural models see.
+
+Classification: one model of the label (of the row; of the window: ``any`` row positive, or the
 ``last`` row's label), early stopping on validation average precision, the decision threshold
 with the best validation F1 applied unchanged to test. Regression: one model per target (the
-last row's value), early stopping on validation L2, RMSE and MAE in the targets' own units.
+row's, or the window's last row's value), early stopping on validation L2, RMSE and MAE in the
+targets' own units (a row-level regression run is written, but only classification runs are
+scored by ``evaluate`` and ``predict``).
 
 Training is deterministic: same data, seed and parameters give the same model, whatever the
-number of threads. The run directory holds::
+number of threads. The run directory of window features holds::
 
     model.txt            the booster, LightGBM's text format (regression: model-<target>.txt)
     features.json        feature names in column order, the categorical ones, the layout source
@@ -33,6 +46,8 @@ import numpy as np
 
 from tabbert.atomic import atomic_path, write_json_atomic
 from tabbert.baselines.features import WindowFeatures
+from tabbert.baselines.history import HistoryFeatures
+from tabbert.baselines.rows import FEATURES_FILE, TOKENIZER_FILE, RowInputs, row_splits, write_features_file
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
@@ -63,6 +78,8 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     out = Path(out_dir)
     check_output_dir(out)
     data = PreparedDataset(data_dir)
+    if options.features == "history":
+        return _train_rows(data, out, options)
     layout = WindowFeatures.from_dataset(data)
     starts = {split: data.windows(split) for split in SPLITS}
     empty = [split for split in SPLITS if starts[split].size == 0]
@@ -75,8 +92,12 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     n_windows = sum(s.size for s in starts.values())
     params = _params(options)
     out.mkdir(parents=True, exist_ok=True)
-    fit = _fit_classifier if data.task == "classification" else _fit_regressors
-    training, threshold, splits = fit(data, starts, features, layout, params, out, options)
+    if data.task == "classification":
+        labels = {split: data.window_labels(starts[split], options.label_mode or "any") for split in SPLITS}
+        training, threshold, splits = _fit_classifier(data, features, labels, layout, params, out, options, "windows")
+    else:
+        targets = {split: data.window_targets(starts[split], "last") for split in SPLITS}
+        training, threshold, splits = _fit_regressors(data, features, targets, layout, params, out, options)
     metrics = {
         "kind": "lightgbm",
         "task": data.task,
@@ -101,6 +122,87 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     return metrics
 
 
+def _train_rows(data: PreparedDataset, out: Path, options: BaselineOptions) -> dict:
+    """Fit LightGBM on every row's history features (see the module docstring); write the run."""
+    split = row_splits(data)
+    empty = [name for index, name in enumerate(SPLITS) if not (split == index).any()]
+    if empty:
+        raise TabbertError(f"{data.path}: no rows in split(s) {empty}; LightGBM needs train, val and test rows")
+    inputs = RowInputs(HistoryFeatures.fit(data, split == 0), options.embeddings, options.extra_features)
+    began = time.perf_counter()
+    matrix = inputs.of_dataset(data, device=options.device)
+    feature_seconds = time.perf_counter() - began
+    rows = {name: np.flatnonzero(split == index) for index, name in enumerate(SPLITS)}
+    classification = data.task == "classification"
+    truth_of_rows = np.asarray(data.labels if classification else data.targets)
+    rows["train"], weights, sampling = _training_rows(data, rows["train"], truth_of_rows, classification, options)
+    features = {name: matrix[rows[name]] for name in SPLITS}
+    truth = {name: truth_of_rows[rows[name]] for name in SPLITS}
+    del matrix
+    params = _params(options)
+    out.mkdir(parents=True, exist_ok=True)
+    if classification:
+        training, threshold, splits = _fit_classifier(data, features, truth, inputs, params, out, options, "rows",
+                                                      weights)
+    else:
+        training, threshold, splits = _fit_regressors(data, features, truth, inputs, params, out, options, weights)
+    metrics = {
+        "kind": "lightgbm",
+        "task": data.task,
+        "data": str(data.path),
+        "options": options.to_dict(),
+        "training": {
+            "examples": "rows: every row, scored from its entity's causal history, labelled with its own label",
+            "rows": {name: int(rows[name].size) for name in SPLITS},
+            "sampling": sampling,
+            "features": {
+                "count": len(inputs.names),
+                "categorical": len(inputs.categorical),
+                "seconds": round(feature_seconds, 3),
+                "rows_per_second": round(data.n_rows / max(feature_seconds, 1e-9), 1),
+            },
+            "params": {**params, "rounds": options.rounds, "early_stopping": options.early_stopping},
+            **training,
+        },
+        "threshold": threshold,
+        "splits": splits,
+    }
+    write_features_file(out / FEATURES_FILE, inputs, data.task, threshold, lightgbm_names(inputs.names))
+    data.tokenizer.save(out / TOKENIZER_FILE)
+    metrics["training"]["files"] = [*metrics["training"]["files"], TOKENIZER_FILE]
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _training_rows(data: PreparedDataset, train: np.ndarray, truth: np.ndarray, classification: bool,
+                   options: BaselineOptions) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The training rows kept (label fraction of entities, then negatives sampled), their weights, and what was done."""
+    rng = np.random.default_rng(options.seed)
+    sampling: dict = {"label_fraction": options.label_fraction}
+    if options.label_fraction < 1:
+        entity = np.searchsorted(data.entity_offsets, train, side="right") - 1
+        entities = np.unique(entity)
+        keep = max(1, round(options.label_fraction * entities.size))
+        chosen = rng.choice(entities, size=keep, replace=False)
+        train = train[np.isin(entity, chosen)]
+        sampling["labelled_entities"] = int(keep)
+        sampling["training_entities"] = int(entities.size)
+    if not classification:
+        return train, None, sampling
+    sampling["negative_rate"] = options.negative_rate
+    weights = None
+    if options.negative_rate < 1:
+        negative = truth[train] == 0
+        kept = ~negative | (rng.random(train.size) < options.negative_rate)
+        train = train[kept]
+        weights = np.where(truth[train] == 0, 1.0 / options.negative_rate, 1.0)
+        sampling["scores"] = ("kept negatives weigh 1/negative_rate in the loss, so scores estimate the "
+                              "probability of the full row distribution")
+    sampling["positive_rows"] = int(truth[train].sum())
+    sampling["training_rows"] = int(train.size)
+    return train, weights, sampling
+
+
 def _params(options: BaselineOptions) -> dict:
     """LightGBM's parameters, those of the options and the fixed ones."""
     return {
@@ -123,25 +225,27 @@ def _params(options: BaselineOptions) -> dict:
 # Fitting
 
 
-def _fit_classifier(data, starts, features, layout, params, out, options) -> tuple[dict, float, dict]:
-    """Fit the window classifier; its training facts, threshold and validation and test figures."""
-    labels = {split: data.window_labels(starts[split], options.label_mode or "any") for split in SPLITS}
+def _fit_classifier(data, features, labels, layout, params, out, options, unit: str,
+                    weights: np.ndarray | None = None) -> tuple[dict, float, dict]:
+    """Fit the classifier of ``unit`` (windows or rows); its training facts, threshold and validation
+    and test figures. ``weights`` weigh the training examples."""
     train = labels["train"]
     positives = int(train.sum())
     if positives in (0, train.size):
-        raise TabbertError(f"{data.path}: the training windows hold one class only ({positives} positive of "
+        raise TabbertError(f"{data.path}: the training {unit} hold one class only ({positives} positive of "
                            f"{train.size}); LightGBM cannot learn a classifier")
     scale_pos_weight = options.scale_pos_weight
     if scale_pos_weight == "balanced":
-        scale_pos_weight = (train.size - positives) / positives
+        negative_weight = train.size - positives if weights is None else float(weights[train == 0].sum())
+        scale_pos_weight = negative_weight / positives
     val_positives = int(labels["val"].sum())
     metric = "average_precision"
     if val_positives in (0, labels["val"].size):
         metric = "binary_logloss"
-        warnings.warn(f"the validation windows hold one class only ({val_positives} positive); early stopping "
+        warnings.warn(f"the validation {unit} hold one class only ({val_positives} positive); early stopping "
                       "on log-loss instead of average precision", UndefinedMetricWarning, stacklevel=3)
     params = {**params, "objective": "binary", "metric": metric, "scale_pos_weight": float(scale_pos_weight)}
-    booster, seconds = _train(params, features, labels, layout, options)
+    booster, seconds = _train(params, features, labels, layout, options, weights)
     scores = {split: booster.predict(features[split], num_iteration=booster.best_iteration)
               for split in ("val", "test")}
     threshold = best_f1_threshold(labels["val"], scores["val"])
@@ -160,16 +264,17 @@ def _fit_classifier(data, starts, features, layout, params, out, options) -> tup
     return training, threshold, splits
 
 
-def _fit_regressors(data, starts, features, layout, params, out, options) -> tuple[dict, None, dict]:
-    """Fit one model per target of the window's last row; their training facts and validation and test figures."""
+def _fit_regressors(data, features, targets, layout, params, out, options,
+                    weights: np.ndarray | None = None) -> tuple[dict, None, dict]:
+    """Fit one model per target (of the window's last row, or of the row); their training facts and
+    validation and test figures."""
     names = list(data.meta["labels"])
-    targets = {split: data.window_targets(starts[split], "last") for split in SPLITS}
     predictions = {split: np.empty(targets[split].shape, dtype=np.float64) for split in ("val", "test")}
     params = {**params, "objective": "regression", "metric": "l2"}
     boosters, best, files, seconds = [], {}, [], 0.0
     for j, name in enumerate(names):
         columns = {split: np.ascontiguousarray(t[:, j]) for split, t in targets.items()}
-        booster, fit_seconds = _train(params, features, columns, layout, options)
+        booster, fit_seconds = _train(params, features, columns, layout, options, weights)
         for split in predictions:
             predictions[split][:, j] = booster.predict(features[split], num_iteration=booster.best_iteration)
         file = f"model-{_safe_name(name)}.txt"
@@ -190,12 +295,12 @@ def _fit_regressors(data, starts, features, layout, params, out, options) -> tup
     return training, None, splits
 
 
-def _train(params: dict, features: dict, targets: dict, layout: WindowFeatures,
-           options: BaselineOptions) -> tuple[lgb.Booster, float]:
-    """Boost on train, stop early on val; the booster and the seconds it took."""
+def _train(params: dict, features: dict, targets: dict, layout, options: BaselineOptions,
+           weights: np.ndarray | None = None) -> tuple[lgb.Booster, float]:
+    """Boost on train (examples weighed by ``weights``), stop early on val; the booster and the seconds it took."""
     began = time.perf_counter()
     names = lightgbm_names(layout.names)
-    train = lgb.Dataset(features["train"], targets["train"], feature_name=names,
+    train = lgb.Dataset(features["train"], targets["train"], weight=weights, feature_name=names,
                         categorical_feature=layout.categorical, params={"verbosity": -1})
     val = lgb.Dataset(features["val"], targets["val"], reference=train)
     stopping = lgb.early_stopping(options.early_stopping, first_metric_only=True, verbose=False)

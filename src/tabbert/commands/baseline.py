@@ -2,14 +2,21 @@
 
 Kinds
 -----
-``lightgbm``  gradient-boosted trees on window aggregates (amount statistics, gaps, category
-              counts, distinct merchants, novelty of the last row, last row's categories).
+``lightgbm``  gradient-boosted trees. Default (``--features history``): one example per row, from
+              its entity's causal history (counts and sums over the last hour, day and week,
+              values against the entity's earlier ones, whether it used this raw merchant,
+              city, hour ... before, errors so far); negatives subsampled for training
+              (``--negative-rate``), every row scored in evaluation; the run is scored by
+              ``tabbert evaluate`` and ``tabbert predict``. ``--features window``: aggregates of
+              the paper's windows (amount statistics, category counts, novelty in the window).
 ``lstm``      field embeddings trained from scratch, then the LSTM head of the TabBERT recipe.
 ``mlp``       field embeddings trained from scratch, then the MLP head.
 
 Example::
 
-    tabbert baseline --data prepared/cards --kind lightgbm --out runs/lightgbm --label-mode any --seed 0
+    tabbert baseline --data prepared/cards --kind lightgbm --out runs/lightgbm --negative-rate 0.1
+    tabbert baseline --data prepared/cards --kind lightgbm --out runs/lgbm-emb --embeddings runs/pretrain/model
+    tabbert baseline --data prepared/cards --kind lightgbm --features window --label-mode any --out runs/paper
 
 The run directory receives the model, ``metrics.json`` (validation and test figures; the
 classification threshold is the best-F1 one on validation, applied unchanged to test) and the
@@ -53,18 +60,19 @@ def summary(metrics: dict) -> str:
     if metrics["task"] == "regression":
         keys = [key for key in splits["test"] if key.startswith(("rmse", "mae"))]
         rows = [(split, figures["n"], *(figures[key] for key in keys)) for split, figures in splits.items()]
-        table = format_table(rows, headers=("lightgbm", "windows", *keys))
+        table = format_table(rows, headers=("lightgbm", "examples", *keys))
     else:
         rows = [(split, figures["n"], figures["positives"],
                  *("n/a" if figures[key] is None else figures[key] for key, _ in CLASSIFICATION_COLUMNS))
                 for split, figures in splits.items()]
-        headers = ("lightgbm", "windows", "positives", *(name for _, name in CLASSIFICATION_COLUMNS))
+        headers = ("lightgbm", "examples", "positives", *(name for _, name in CLASSIFICATION_COLUMNS))
         table = format_table(rows, headers=headers)
     features = training["features"]
     best = training["best_iteration"]
+    unit = "rows" if "rows_per_second" in features else "windows"
     facts = [
         ("features", f"{features['count']} ({features['categorical']} categorical)"),
-        ("feature seconds", f"{features['seconds']} ({features['windows_per_second']:,.0f} windows/s)"),
+        ("feature seconds", f"{features['seconds']} ({features[unit + '_per_second']:,.0f} {unit}/s)"),
         ("train seconds", training["train_seconds"]),
         ("best iteration", ", ".join(f"{k} {v}" for k, v in best.items()) if isinstance(best, dict) else best),
     ]

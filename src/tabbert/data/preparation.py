@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from tabbert.data.codes import raw_codes
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.schema import (
     ENTITY,
@@ -219,7 +220,7 @@ def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, ent
 
 def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered], starts, seq_len: int,
                             window_split=None, time_bounds=None) -> tuple[list[str], dict, dict]:
-    """Write the raw values, source row ids, labels or targets (rows in order) and each split's windows.
+    """Write the raw values and codes, source row ids, labels or targets (rows in order) and each split's windows.
 
     ``starts`` are the start rows of all windows, ``window_split`` their split ids or, for the
     time split (``None``), those that the time of each window's newest row takes in
@@ -235,6 +236,7 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
         values[:, j] = _ordered(frame.get_column(column).cast(pl.Float32).to_numpy(), order)
     values[:, -1] = gaps
     writer.add_array("values", values)
+    writer.add_array("codes", raw_codes(frame, schema, order))
     # source row numbers fit in int64: the same bits, read as signed
     writer.add_array("row_ids", _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64))
     label_stats: dict = {}

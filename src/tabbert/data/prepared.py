@@ -8,6 +8,8 @@ Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)
     labels.npy           int8  [n_rows]            classification label per row, or
     targets.npy          float32 [n_rows, n_targets]  regression targets per row
     values.npy           float32 [n_rows, n_values] raw numeric fields and the gap in seconds (NaN: none)
+    codes.npy            int32 [n_rows, n_codes]   raw value of each categorical schema field as a dense
+                         code (same value, same code; null -1; no frequency cut-off)
     times.npy            int64 [n_rows]            row time, microseconds since the epoch
     row_ids.npy          int64 [n_rows]            row number in the source
     windows_<split>.npy  int64 [n_windows]         start row of each window of a split
@@ -36,6 +38,7 @@ from typing import Self
 import numpy as np
 
 from tabbert.atomic import write_json_atomic
+from tabbert.data.codes import categorical_fields
 from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
 from tabbert.data.windows import (
     SPLITS,
@@ -114,6 +117,16 @@ class PreparedDataset:
     def values(self) -> np.ndarray:
         """Unbinned numeric fields, columns named by ``meta["value_columns"]``."""
         return self._array("values", mmap=True)
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        """Raw-value codes of the categorical fields (:mod:`tabbert.data.codes`), columns named by
+        ``code_fields``."""
+        return self._array("codes", mmap=True)
+
+    @property
+    def code_fields(self) -> list[str]:
+        return categorical_fields(self.tokenizer.schema)
 
     @cached_property
     def times(self) -> np.ndarray:

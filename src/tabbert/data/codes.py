@@ -1,0 +1,56 @@
+"""Raw-value codes: each categorical field's values as dense integers, with no vocabulary cut-off.
+
+The tokenizer merges rare values into ``[UNK]``, so two different rare merchants share a token.
+Features that ask "has this entity used this value before" need the values themselves; these
+codes keep them apart. Within one table the same value always gets the same code, and codes of
+one field run ``0 .. n_distinct - 1``; null is ``-1``. Codes are not comparable across tables:
+``prepare`` and ``predict`` each code their own rows, which is all that per-entity history needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from tabbert.data.schema import TableSchema
+
+NULL_CODE = -1
+DENSE_RANGE_LIMIT = 1 << 22  # integer keys spanning fewer values than this are coded with a lookup table
+
+
+def categorical_fields(schema: TableSchema) -> list[str]:
+    """The schema's categorical input fields, in schema order: the columns of the code matrix."""
+    return [spec.name for spec in schema.fields if spec.kind == "categorical"]
+
+
+def raw_codes(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None = None) -> np.ndarray:
+    """Codes ``int32 [n_rows, n_categorical_fields]`` of ``frame``'s rows (in ``order`` when given)."""
+    names = categorical_fields(schema)
+    codes = np.empty((frame.height, len(names)), dtype=np.int32)
+    for j, name in enumerate(names):
+        column = dense_codes(frame.get_column(name))
+        codes[:, j] = column if order is None else np.take(column, order)
+    return codes
+
+
+def dense_codes(column: pl.Series) -> np.ndarray:
+    """One column's dense codes (int32, null ``-1``), in row order.
+
+    Categorical columns and integers of a narrow range go through a lookup table of their keys
+    (one pass, no hashing); other columns through one hash map of their distinct values.
+    """
+    if column.null_count() == column.len():
+        return np.full(column.len(), NULL_CODE, dtype=np.int32)
+    keys = column.to_physical() if isinstance(column.dtype, (pl.Categorical, pl.Enum)) else column
+    if keys.dtype.is_integer():
+        low, high = int(keys.min()), int(keys.max())
+        if high - low < DENSE_RANGE_LIMIT:
+            shifted = (keys.cast(pl.Int64) - low).fill_null(high - low + 1).to_numpy()
+            present = np.bincount(shifted, minlength=high - low + 2).astype(bool)
+            present[-1] = False
+            code_of_key = np.cumsum(present, dtype=np.int32) - 1
+            code_of_key[-1] = NULL_CODE
+            return code_of_key[shifted]
+    distinct = column.unique(maintain_order=True).drop_nulls()
+    codes = column.replace_strict(distinct, pl.int_range(distinct.len(), eager=True), return_dtype=pl.Int32)
+    return codes.fill_null(NULL_CODE).to_numpy()

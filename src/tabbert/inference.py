@@ -1,7 +1,8 @@
 """Score raw rows with a fine-tuned model: one score per row, from the window that ends at it.
 
 Each input row is scored from itself and the up to ``seq_len - 1`` previous rows of its entity
-*in the input*, in time order. A row with a shorter history gets [PAD] rows in front of it
+*in the input*, in time order (rows at the same time in the order of their field values, never
+of their place in the input). A row with a shorter history gets [PAD] rows in front of it
 (masked out of attention and of the head) and is flagged ``padded``. Rows are tokenized with
 the model's own tokenizer; a category the model never saw becomes its field's [UNK], and those
 are counted per field.
@@ -32,8 +33,9 @@ import numpy as np
 import polars as pl
 
 from tabbert.atomic import atomic_path
+from tabbert.data.encoders import FIELD_UNK
 from tabbert.data.schema import ENTITY, ROW, TIME
-from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer
+from tabbert.data.tokenizer import TabularTokenizer, row_order
 from tabbert.errors import DataError
 from tabbert.runs import choose_device, load_run, padded_histories, score
 
@@ -72,17 +74,14 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     frame, dropped = read_rows(data, tokenizer, source=source, schema=schema)
     read = time.perf_counter()
 
-    # encode in entity-then-time order, ties by row number, so time gaps never depend on the input order
-    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
-    ordered = frame[order]
-    tokens = tokenizer.encode(ordered)
-    entity = ordered.get_column(ENTITY)
-    first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
-    position = np.arange(frame.height)
-    entity_start = np.maximum.accumulate(np.where(first_of_entity, position, 0))
+    # rows in entity-then-time order, ties by their values, so a score never depends on the input order
+    rows = row_order(frame, tokenizer.schema)
+    order = np.arange(frame.height) if rows.order is None else rows.order
+    tokens = tokenizer.encode(frame, rows)[order]
+    entity_start = np.repeat(rows.entity_offsets[:-1], np.diff(rows.entity_offsets))
     unseen = {
-        vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
-        for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical"
+        encoder.name: int(np.count_nonzero(tokens[:, j] == encoder.offset + FIELD_UNK))
+        for j, encoder in enumerate(tokenizer.fields) if encoder.kind == "categorical"
     }
     tokenized = time.perf_counter()
 
@@ -90,6 +89,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
                     batch_size=batch_size, progress=progress)
     scored = time.perf_counter()
 
+    position = np.arange(frame.height)
     back = np.empty_like(order)
     back[order] = position
     history = (position - entity_start + 1)[back]
@@ -106,7 +106,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     scores = pl.DataFrame(columns)
     seconds = {"load": loaded - started, "read": read - loaded, "tokenize": tokenized - read,
                "model": scored - tokenized, "total": time.perf_counter() - started}
-    return Prediction(scores, entities=int(first_of_entity.sum()), padded_rows=int(np.count_nonzero(history < seq_len)),
+    return Prediction(scores, entities=len(rows.entity_offsets) - 1, padded_rows=int(np.count_nonzero(history < seq_len)),
                       unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
 
 

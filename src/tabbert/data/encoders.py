@@ -195,6 +195,10 @@ class NumericEncoder(FieldEncoder):
             self.edges = quantile_edges(training, self.n_bins, overwrite_input=True).tolist()
         return self
 
+    def fit_encode(self, values, train_rows: np.ndarray | None = None) -> np.ndarray:
+        values = _as_floats(values)  # converted once for both
+        return self.fit(values, train_rows).encode(values)
+
     def encode(self, values) -> np.ndarray:
         values = _as_floats(values)
         local = _bin_index(values, np.asarray(self.edges[1:-1]), id_dtype(self.size))

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
-from tabbert.data.encoders import CategoricalEncoder, id_dtype
+from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
 from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
 from tabbert.data.schema import ROW, Table, TableSchema
 from tabbert.data.sources import read_source
@@ -197,7 +197,7 @@ def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter
 
 
 def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray,
-               ordering: Future[_Ordered]) -> tuple[TabularTokenizer, np.ndarray]:
+                ordering: Future[_Ordered]) -> tuple[TabularTokenizer, np.ndarray]:
     """The tokenizer fitted on ``train_rows`` and the ids of every row in order, from one pass over each field.
 
     The ids are those ``TabularTokenizer(schema).fit(frame, train_rows).encode(frame)`` gives, in
@@ -213,7 +213,7 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
         order = ordering.result().rows.order
         return train_rows if order is None else train_rows[order]
 
-    def fit_field(encoder) -> tuple[np.ndarray, bool]:
+    def fit_field(encoder: FieldEncoder) -> tuple[np.ndarray, bool]:
         """The field's local ids, and whether they come in output order (else in frame order)."""
         if is_time_feature(encoder):
             values = ordering.result().time_feature(encoder.source)

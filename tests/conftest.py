@@ -97,3 +97,10 @@ def fraud_cards(fraud_card_csv):
 @pytest.fixture
 def three_entity_table() -> Table:
     return make_table({"a": 23, "b": 10, "c": 7}, positives={"a": [12], "b": [0]})
+
+
+def with_tied_times(frame: pl.DataFrame, every: int = 4) -> pl.DataFrame:
+    """``frame`` with every ``every``-th row of an entity (in time order) moved to the time of the row before it."""
+    position = pl.int_range(pl.len()).over(ENTITY, order_by=[TIME, ROW])
+    previous = pl.col(TIME).shift(1).over(ENTITY, order_by=[TIME, ROW])
+    return frame.with_columns(pl.when(position % every == 1).then(previous).otherwise(pl.col(TIME)).alias(TIME))

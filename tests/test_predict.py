@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import with_tied_times
 
 from tabbert.cli import main
 from tabbert.data.preparation import prepare
@@ -73,6 +74,17 @@ def test_shuffled_frame_keeps_its_order_and_scores(model_dir, fraud_card_csv, sc
     assert again["row"].to_list() == shuffled[ROW].to_list()
     by_row = dict(zip(scored.scores["row"].to_list(), scored.scores["score"].to_list()))
     assert np.allclose(again["score"].to_numpy(), [by_row[r] for r in again["row"].to_list()], atol=1e-6)
+
+
+def test_scores_do_not_depend_on_the_input_order_where_times_tie(model_dir, fraud_card_csv):
+    """Rows of one entity at one time are read in the order of their values, not of the input."""
+    frame = with_tied_times(read_card(fraud_card_csv).frame).drop(ROW)  # rows numbered by their place
+    assert frame.group_by([ENTITY, TIME]).len()["len"].max() > 1
+    permutation = np.random.default_rng(3).permutation(frame.height)
+    scores = predict(model_dir, frame)
+    again = predict(model_dir, frame[permutation])
+    np.testing.assert_array_equal(again["score"].to_numpy(), scores["score"].to_numpy()[permutation])
+    np.testing.assert_array_equal(again["history_rows"].to_numpy(), scores["history_rows"].to_numpy()[permutation])
 
 
 def test_short_histories_are_padded_and_flagged(scored, fraud_card_csv, model_dir, fraud_cards):

@@ -5,12 +5,15 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_table
+from conftest import make_table, with_tied_times
 
-from tabbert.data.preparation import entity_runs, prepare_table, row_order, row_times, source_digest
-from tabbert.data.schema import ENTITY, TIME
+from tabbert.data.preparation import prepare_table, source_digest
+from tabbert.data.schema import ENTITY, ROW, TIME
+from tabbert.data.sources import read_card
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import TabularTokenizer, id_dtype
+from tabbert.data.ordering import order_rows
+from tabbert.data.encoders import id_dtype
+from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError, DataError, TabbertError
 
 
@@ -136,45 +139,6 @@ def test_artifacts_are_json_and_npy(tmp_path, three_entity_table):
     assert np.isnan(data.values[[0, 23, 33], 1]).all() and data.values[1, 1] == 3600
 
 
-def _entity_time_order(frame):
-    """The row order by entity, then time, the entity offsets, the entities and the times in that order."""
-    entities, offsets, entity_of_run, run_lengths = entity_runs(frame)
-    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
-    return order, offsets, entities, times
-
-
-def test_entity_time_order_sorts_by_entity_text_then_time_stably():
-    hours = [5, 1, 3, 0, 3, 2]
-    frame = pl.DataFrame({
-        ENTITY: ["b", "b", "a", "10", "a", "b"],
-        TIME: [dt.datetime(2021, 1, 1) + dt.timedelta(hours=h) for h in hours],
-    })
-    order, offsets, entities, times = _entity_time_order(frame)
-    # "10" < "a" < "b" as text; the two rows of "a" at the same time keep their source order
-    assert order.tolist() == [3, 2, 4, 1, 5, 0]
-    assert offsets.tolist() == [0, 1, 3, 6] and entities == ["10", "a", "b"]
-    assert np.array_equal(times, frame[TIME].dt.epoch("us").to_numpy()[order])
-    in_order, same_offsets, _, _ = _entity_time_order(frame[order])
-    assert in_order is None and same_offsets.tolist() == offsets.tolist()
-
-
-@pytest.mark.parametrize("odd_microsecond", [False, True])
-def test_entity_time_order_over_millennia_matches_a_lexicographic_sort(odd_microsecond):
-    """Times too wide for a microsecond key are counted in minutes, or sorted pairwise when they must be."""
-    rng = np.random.default_rng(0)
-    n, entities = 400, [f"e{i:02d}" for i in range(40)]
-    minutes = rng.integers(0, 4_000 * 525_600, n)  # four thousand years, from the year 3000
-    times = [dt.datetime(3000, 1, 1) + dt.timedelta(minutes=int(m)) for m in minutes]
-    if odd_microsecond:
-        times[7] += dt.timedelta(microseconds=1)
-    frame = pl.DataFrame({ENTITY: rng.choice(entities, n), TIME: times})
-    order, offsets, names, sorted_times = _entity_time_order(frame)
-    epoch_us = frame[TIME].dt.epoch("us").to_numpy()
-    assert order.tolist() == np.lexsort((epoch_us, frame[ENTITY].to_numpy())).tolist()
-    assert np.array_equal(sorted_times, epoch_us[order]) and names == sorted(set(frame[ENTITY].to_list()))
-    assert offsets[-1] == n
-
-
 def test_source_digest_hashes_each_file_of_a_folder_in_name_order(tmp_path):
     contents = {"b.csv": b"x,y\n1,2\n", "a.csv": b"", "c.csv": bytes(range(256)) * 5000}
     for name, data in contents.items():
@@ -183,3 +147,49 @@ def test_source_digest_hashes_each_file_of_a_folder_in_name_order(tmp_path):
     assert source_digest(tmp_path) == expected
     single = hashlib.sha256(hashlib.sha256(contents["c.csv"]).digest()).hexdigest()
     assert source_digest(tmp_path / "c.csv") == single
+
+
+@pytest.fixture(scope="module")
+def tied_cards(fraud_card_csv):
+    """Generated card rows where a quarter of the rows share their time with the row before them."""
+    table = read_card(fraud_card_csv, time_features=("timestamp", "hour", "weekday", "gap"))
+    table.frame = with_tied_times(table.frame)
+    return table
+
+
+def _shuffled(table, seed: int):
+    """The table with its rows in another order, numbered again as a file in that order would number them."""
+    frame = table.frame.sample(fraction=1.0, shuffle=True, seed=seed)
+    frame = frame.with_columns(pl.int_range(pl.len(), dtype=pl.UInt64).alias(ROW))
+    return type(table)(frame, table.schema, table.path, table.rows_in)
+
+
+@pytest.mark.parametrize("split", ["entity", "time"])
+def test_rows_in_any_order_give_the_same_dataset(tmp_path, tied_cards, split):
+    frame = tied_cards.frame
+    ties = frame.group_by([ENTITY, TIME]).len().filter(pl.col("len") > 1)
+    assert ties.height > 50  # the times tie often, and the rows that tie differ in their values
+    one = prepare_table(tied_cards, tmp_path / "one", split=split, seed=1)
+    two = prepare_table(_shuffled(tied_cards, seed=2), tmp_path / "two", split=split, seed=1)
+    for name in sorted(p.name for p in one.path.iterdir() if p.suffix == ".npy" and p.name != "row_ids.npy"):
+        assert (one.path / name).read_bytes() == (two.path / name).read_bytes(), name
+    assert (one.path / "tokenizer.json").read_bytes() == (two.path / "tokenizer.json").read_bytes()
+    # the same source rows in the same places, by their content
+    columns = [ENTITY, TIME, *tied_cards.schema.field_names]
+    first = frame.sort(ROW)[one.row_ids].select(columns)
+    second = _shuffled(tied_cards, seed=2).frame.sort(ROW)[two.row_ids].select(columns)
+    assert first.equals(second)
+
+
+@pytest.mark.parametrize("split", ["random", "time"])
+def test_prepared_tokens_are_the_tokenizers_ids_in_its_row_order(tmp_path, tied_cards, split):
+    data = prepare_table(tied_cards, tmp_path / "ds", split=split, seed=0)
+    frame, schema = tied_cards.frame, tied_cards.schema
+    train_rows = np.ones(frame.height, dtype=bool)
+    if split == "time":
+        train_rows = (frame[TIME] < dt.datetime.fromisoformat(data.meta["split"]["cutoffs"][0])).to_numpy()
+    tokenizer = TabularTokenizer(schema).fit(frame, train_rows)
+    assert tokenizer.to_dict() == data.tokenizer.to_dict()
+    order = order_rows(frame, by=schema.field_names).order
+    np.testing.assert_array_equal(data.tokens, tokenizer.encode(frame)[order])
+    assert data.tokens.dtype == id_dtype(tokenizer.vocab_size)

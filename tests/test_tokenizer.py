@@ -1,6 +1,6 @@
 import datetime as dt
+import json
 from fractions import Fraction
-from functools import partial
 
 import numpy as np
 import polars as pl
@@ -8,20 +8,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tabbert.data.preparation import entity_runs, row_order, row_times
-from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
-from tabbert.data.tokenizer import (
+from tabbert.data.encoders import (
     FIELD_MISSING,
     FIELD_UNK,
     N_FIELD_SPECIALS,
-    SPECIAL_TOKENS,
-    TabularTokenizer,
-    gap_seconds,
+    CategoricalEncoder,
+    ClockEncoder,
+    FieldEncoder,
+    NumericEncoder,
     id_dtype,
     quantile_edges,
-    time_feature_in_order,
 )
-from tabbert.errors import ArtifactError
+from tabbert.data.ordering import order_rows, time_feature
+from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, TableSchema
+from tabbert.data.tokenizer import SPECIAL_TOKENS, TabularTokenizer
+from tabbert.errors import ArtifactError, TabbertError
 
 SCHEMA = TableSchema(
     fields=(FieldSpec("shop", "categorical", min_count=1), FieldSpec("amount", "numeric", n_bins=5)),
@@ -76,7 +77,7 @@ def test_numeric_bins_count_the_edges_each_value_reaches(n_bins):
     rng = np.random.default_rng(1)
     amounts = rng.normal(size=500).round(1).tolist()
     schema = TableSchema(fields=(FieldSpec("amount", "numeric", n_bins=n_bins),), time_features=())
-    tok = TabularTokenizer.fit(frame_of(["a"] * 500, amounts), schema)
+    tok = TabularTokenizer(schema).fit(frame_of(["a"] * 500, amounts))
     edges = np.asarray(tok.fields[0].edges)
     probe = [*amounts, *edges.tolist(), -np.inf, np.inf, None]
     local = tok.encode(frame_of(["a"] * len(probe), probe))[:, 0] - tok.fields[0].offset
@@ -86,7 +87,7 @@ def test_numeric_bins_count_the_edges_each_value_reaches(n_bins):
 
 def test_numeric_bins_and_specials():
     frame = frame_of(["a"] * 101, list(map(float, range(101))))
-    tok = TabularTokenizer.fit(frame, SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame)
     amount = tok.fields[1]
     assert amount.edges == [0, 20, 40, 60, 80, 100]
     probe = frame_of(["a", "a", "a", "a", "a"], [-5.0, 0.0, 19.99, 20.0, None])
@@ -99,7 +100,7 @@ def test_numeric_bins_and_specials():
 def test_categorical_vocabulary_by_frequency_min_count_and_unk():
     schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2),), time_features=())
     frame = frame_of(["b", "a", "a", "c", "b", "a", None], [0.0] * 7)
-    tok = TabularTokenizer.fit(frame, schema)
+    tok = TabularTokenizer(schema).fit(frame)
     assert tok.fields[0].values == ["a", "b"]  # c seen once: below min_count
     ids = tok.encode(frame_of(["a", "b", "c", "never", None], [0.0] * 5))[:, 0] - tok.fields[0].offset
     assert ids.tolist() == [2, 3, FIELD_UNK, FIELD_UNK, FIELD_MISSING]
@@ -119,7 +120,7 @@ def test_categorical_vocabulary_by_frequency_min_count_and_unk():
 def test_categorical_fields_encode_alike_from_text_categorical_or_integers(values, dtype):
     schema = TableSchema(fields=(FieldSpec("shop", "categorical", min_count=2),), time_features=())
     frame = frame_of(["x"] * len(values), [0.0] * len(values)).with_columns(pl.Series("shop", values).cast(dtype))
-    tok = TabularTokenizer.fit(frame, schema)
+    tok = TabularTokenizer(schema).fit(frame)
     assert tok.fields[0].values == [str(values[1]), str(values[0])]  # "3" three times, "7" twice, "9" once
     local = tok.encode(frame)[:, 0] - tok.fields[0].offset
     assert local.tolist() == [3, 2, 2, FIELD_UNK, 3, 2, FIELD_MISSING]
@@ -129,13 +130,13 @@ def test_categorical_fields_encode_alike_from_text_categorical_or_integers(value
 def test_a_field_without_values_is_missing_everywhere(dtype):
     schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=())
     frame = frame_of(["x"] * 3, [0.0] * 3).with_columns(pl.Series("shop", [None] * 3).cast(dtype))
-    tok = TabularTokenizer.fit(frame, schema)
+    tok = TabularTokenizer(schema).fit(frame)
     assert tok.fields[0].values == []
     assert (tok.encode(frame)[:, 0] - tok.fields[0].offset).tolist() == [FIELD_MISSING] * 3
 
 
 def test_id_ranges_are_disjoint_and_cover_vocab():
-    tok = TabularTokenizer.fit(frame_of(list("abcab"), [1.0, 2, 3, 4, 5]), SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame_of(list("abcab"), [1.0, 2, 3, 4, 5]))
     assert tok.field_offsets[0] == len(SPECIAL_TOKENS)
     ends = [o + s for o, s in zip(tok.field_offsets, tok.field_vocab_sizes)]
     assert tok.field_offsets[1:] == ends[:-1]
@@ -145,7 +146,7 @@ def test_id_ranges_are_disjoint_and_cover_vocab():
 
 def test_time_features():
     frame = frame_of(["a", "a", "a"], [1.0, 2.0, 3.0], hours=[0, 5, 30], entities=["x", "y", "x"])
-    tok = TabularTokenizer.fit(frame, SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame)
     decoded = tok.decode(tok.encode(frame))
     assert decoded["time.hour"].to_list() == ["00h", "05h", "06h"]
     assert decoded["time.weekday"].to_list() == ["Mon", "Mon", "Tue"]  # 2021-03-01 was a Monday
@@ -156,7 +157,7 @@ def test_time_features():
 
 def test_gap_does_not_depend_on_row_order():
     frame = frame_of(["a"] * 6, [1.0] * 6, hours=[0, 1, 3, 7, 8, 20], entities=list("xyxyxy"))
-    tok = TabularTokenizer.fit(frame, SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame)
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
     by_row = dict(zip(frame[ROW].to_list(), tok.encode(frame)[:, 5]))
     assert [by_row[r] for r in shuffled[ROW].to_list()] == tok.encode(shuffled)[:, 5].tolist()
@@ -164,7 +165,7 @@ def test_gap_does_not_depend_on_row_order():
 
 def test_save_load_round_trip(tmp_path):
     frame = frame_of(list("abcabca"), [1.0, 5, 2, 8, 3, 9, 4])
-    tok = TabularTokenizer.fit(frame, SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame)
     path = tok.save(tmp_path)
     loaded = TabularTokenizer.load(path)
     assert loaded.fingerprint() == tok.fingerprint()
@@ -182,7 +183,7 @@ def test_load_refuses_corrupt_file(tmp_path):
 def test_label_column_is_never_a_field():
     schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), labels=("fraud",), time_features=())
     frame = frame_of(["a"], [1.0]).with_columns(fraud=pl.lit(1))
-    assert TabularTokenizer.fit(frame, schema).field_names == ["shop"]
+    assert TabularTokenizer(schema).fit(frame).field_names == ["shop"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -193,7 +194,7 @@ def test_label_column_is_never_a_field():
 def test_round_trip_property(shops, amounts):
     n = min(len(shops), len(amounts))
     frame = frame_of(shops[:n], amounts[:n])
-    tok = TabularTokenizer.fit(frame, SCHEMA)
+    tok = TabularTokenizer(SCHEMA).fit(frame)
     ids = tok.encode(frame)
     decoded = tok.decode(ids)
     # categories come back exactly
@@ -219,62 +220,97 @@ CODE_VALUES = {
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), dtype=st.sampled_from(list(CODE_VALUES)), n=st.integers(1, 30))
-def test_fit_encode_equals_fit_then_encode_in_any_order(data, dtype, n):
-    """The ids of the one-pass fit and encode are those ``encode`` gives, in the order asked for."""
-    shops = data.draw(st.lists(CODE_VALUES[dtype], min_size=n, max_size=n))
-    amount = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False))
-    amounts = data.draw(st.lists(amount, min_size=n, max_size=n))
-    entities = data.draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n))
-    hours = data.draw(st.lists(st.integers(0, 500), min_size=n, max_size=n))
+def test_categorical_fit_encode_gives_the_ids_of_fit_then_encode(data, dtype, n):
+    """The one-pass fit and encode learns the same vocabulary and gives the ids ``encode`` gives."""
+    values = data.draw(st.lists(CODE_VALUES[dtype], min_size=n, max_size=n))
+    column = pl.Series("shop", values, dtype=pl.String if dtype == pl.Categorical else dtype).cast(dtype)
     rows = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    rows[data.draw(st.integers(0, n - 1))] = True
-    order = np.asarray(data.draw(st.permutations(range(n))), dtype=np.int64)
-    shop = FieldSpec("shop", "categorical", min_count=data.draw(st.integers(1, 2)))
-    schema = TableSchema(fields=(shop, FieldSpec("amount", "numeric")), time_features=SCHEMA.time_features)
-    frame = frame_of(["?"] * n, amounts, hours=hours, entities=entities).with_columns(
-        pl.Series("shop", shops, dtype=pl.String if dtype == pl.Categorical else dtype).cast(dtype)
-    )
-    fitted = TabularTokenizer.fit(frame, schema, rows=rows)
-    given_later = data.draw(st.booleans())  # the order itself, or a function giving it when needed
-    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=(lambda: order) if given_later else order)
-    assert tokenizer.fingerprint() == fitted.fingerprint()
-    np.testing.assert_array_equal(ids, fitted.encode(frame)[order])
+    min_count = data.draw(st.integers(1, 2))
+    one_pass = CategoricalEncoder("shop", min_count=min_count)
+    ids = one_pass.fit_encode(column, rows)
+    fitted = CategoricalEncoder("shop", min_count=min_count).fit(column, rows)
+    assert one_pass.values == fitted.values
+    assert ids.dtype == id_dtype(fitted.size)
+    np.testing.assert_array_equal(ids, fitted.encode(column))
 
 
 @pytest.mark.parametrize("n_shops, dtype", [(10, np.uint8), (300, np.uint16), (70_000, np.int32)])
-def test_fit_encode_keeps_ids_in_the_narrowest_type_holding_the_vocabulary(n_shops, dtype):
+def test_categorical_ids_come_in_the_narrowest_type_holding_the_vocabulary(n_shops, dtype):
     shops = pl.Series("shop", np.arange(n_shops) * 7919)  # own slots up to 300 shops, hashed at 70,000
-    frame = pl.DataFrame({ROW: np.arange(n_shops, dtype=np.uint64), "shop": shops, "amount": np.zeros(n_shops)})
-    schema = TableSchema(fields=(FieldSpec("shop", "categorical"), FieldSpec("amount", "numeric")), time_features=())
-    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema)
-    assert ids.dtype == id_dtype(tokenizer.vocab_size) == dtype
-    np.testing.assert_array_equal(ids, tokenizer.encode(frame))
-    assert int(ids.max()) == tokenizer.vocab_size - 1
+    encoder = CategoricalEncoder("shop")
+    ids = encoder.fit_encode(shops)
+    assert ids.dtype == id_dtype(encoder.size) == dtype
+    np.testing.assert_array_equal(ids, encoder.encode(shops))
+    assert int(ids.max()) == encoder.size - 1
 
 
 def test_id_dtype_boundaries():
     assert [id_dtype(n) for n in (1, 256, 257, 65_536, 65_537)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.int32]
 
 
+ENCODERS = [
+    (CategoricalEncoder("shop", min_count=2), pl.Series(["b", "a", "a", None, "b", "c", "a"])),
+    (NumericEncoder("amount", n_bins=3), pl.Series([0.5, None, 3.0, 7.25, -1.0, 2.0, float("nan")])),
+    (NumericEncoder("time.gap", n_bins=4, source="gap"), np.array([np.nan, 60.0, 3600.0, 0.0, 120.0, 86400.0, 5.0])),
+    (ClockEncoder("time.hour", "hour"), np.array([0, 5, 23, 12, 5, 0, 1], dtype=np.uint8)),
+    (ClockEncoder("time.weekday", "weekday"), np.array([0, 6, 3, 3, 1, 2, 5], dtype=np.uint8)),
+]
+
+
+@pytest.mark.parametrize(("encoder", "values"), ENCODERS, ids=lambda x: getattr(x, "name", None))
+def test_encoders_round_trip_through_their_json_form(encoder, values):
+    train = np.array([True, True, True, True, True, False, True])
+    ids = encoder.fit_encode(values, train)
+    encoder.offset = 11
+    data = json.loads(json.dumps(encoder.to_dict()))
+    assert list(data) == ["name", "kind", "source", "offset", "values", "edges"]
+    loaded = FieldEncoder.from_dict(data)
+    assert type(loaded) is type(encoder) and loaded.to_dict() == encoder.to_dict()
+    assert loaded.size == encoder.size and loaded.labels() == encoder.labels()
+    np.testing.assert_array_equal(loaded.encode(values), ids)
+    assert ids.max() < encoder.size and len(encoder.labels()) == encoder.size
+
+
+def test_from_dict_refuses_an_unknown_kind():
+    with pytest.raises(TabbertError, match="unknown field kind"):
+        FieldEncoder.from_dict({"name": "x", "kind": "colour", "source": "x", "values": [], "edges": []})
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), n=st.integers(1, 40))
-def test_time_features_in_order_give_the_ids_of_the_frame_expressions(data, n):
-    """Sub-second, negative (before 1970) and tied times: the same edges and ids either way."""
+def test_time_features_follow_the_calendar_and_each_entity(data, n):
+    """Sub-second, negative (before 1970) and tied times: each feature is what the calendar says."""
     micros = data.draw(st.lists(st.integers(-(10**14), 10**14), min_size=n, max_size=n))
     micros = [m if data.draw(st.booleans()) else m - m % 60_000_000 for m in micros]  # some whole minutes
     frame = pl.DataFrame({
-        ROW: np.arange(n, dtype=np.uint64),
         ENTITY: data.draw(st.lists(st.sampled_from(["x", "y", "z"]), min_size=n, max_size=n)),
         TIME: pl.Series(micros, dtype=pl.Int64).cast(pl.Datetime("us")),
-        "shop": ["s"] * n,
     })
-    rows = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    rows[0] = True
-    schema = TableSchema(fields=(FieldSpec("shop", "categorical"),), time_features=SCHEMA.time_features)
-    _, offsets, entity_of_run, run_lengths = entity_runs(frame)
-    order, times = row_order(entity_of_run, run_lengths, row_times(frame))
-    feature = partial(time_feature_in_order, times=times, gaps=gap_seconds(times, offsets))
-    tokenizer, ids = TabularTokenizer.fit_encode(frame, schema, rows=rows, order=lambda: order, time_feature=feature)
-    fitted = TabularTokenizer.fit(frame, schema, rows=rows)
-    assert tokenizer.fingerprint() == fitted.fingerprint()
-    np.testing.assert_array_equal(ids, fitted.encode(frame) if order is None else fitted.encode(frame)[order])
+    rows = order_rows(frame)
+    ordered = frame if rows.order is None else frame[rows.order]
+    feature = {name: time_feature(name, rows.times, rows.entity_offsets) for name in ("timestamp", "hour", "weekday", "gap")}
+    stamps = ordered[TIME].to_list()
+    assert feature["hour"].tolist() == [t.hour for t in stamps]
+    assert feature["weekday"].tolist() == [t.weekday() for t in stamps]
+    epoch = dt.datetime(1970, 1, 1)
+    assert feature["timestamp"].tolist() == [(t - epoch) // dt.timedelta(seconds=1) for t in stamps]
+    entities = ordered[ENTITY].to_list()
+    expected_gaps = [
+        (t - stamps[i - 1]).total_seconds() if i and entities[i - 1] == entities[i] else None
+        for i, t in enumerate(stamps)
+    ]
+    assert [None if np.isnan(g) else g for g in feature["gap"].tolist()] == pytest.approx(expected_gaps)
+
+
+def test_fit_and_encode_read_the_times_in_the_order_of_the_rows_values():
+    """Two rows of one entity at one time: the gap of each depends on their values, not their places."""
+    frame = frame_of(["b", "a", "c"], [1.0, 2.0, 3.0], hours=[0, 5, 5])
+    tok = TabularTokenizer(SCHEMA).fit(frame)
+    decoded = tok.decode(tok.encode(frame))
+    assert decoded["time.gap"][0] == "[MISSING]"
+    flipped = frame[[0, 2, 1]]
+    np.testing.assert_array_equal(tok.encode(flipped), tok.encode(frame)[[0, 2, 1]])
+    gaps = time_feature("gap", order_rows(frame, by=["shop"]).times, np.array([0, 3]))
+    assert gaps[1:].tolist() == [5 * 3600.0, 0.0]  # "a" five hours after "b", then "c" at the same time
+    gap = tok.fields[5]
+    assert tok.encode(frame)[1, 5] - gap.offset == gap.encode(np.array([5 * 3600.0]))[0]

@@ -1,7 +1,8 @@
 """Score raw rows with a fine-tuned model: one score per row, from the window that ends at it.
 
 Each input row is scored from itself and the up to ``seq_len - 1`` previous rows of its entity
-*in the input*, in time order. A row with a shorter history gets [PAD] rows in front of it
+*in the input*, in time order (rows at the same time in the order of their field values, never
+of their place in the input). A row with a shorter history gets [PAD] rows in front of it
 (masked out of attention and of the head) and is flagged ``padded``. Rows are tokenized with
 the model's own tokenizer; a category the model never saw becomes its field's [UNK], and those
 are counted per field.
@@ -45,9 +46,10 @@ import polars as pl
 
 from tabbert.atomic import atomic_path
 from tabbert.data.codes import raw_codes
-from tabbert.data.recency import recency_name, with_recency
+from tabbert.data.encoders import FIELD_UNK
+from tabbert.data.ordering import time_feature
 from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile, SchemaError
-from tabbert.data.tokenizer import FIELD_UNK, TabularTokenizer, gap_seconds
+from tabbert.data.tokenizer import TabularTokenizer, row_order
 from tabbert.errors import DataError
 from tabbert.metrics import classification_metrics
 from tabbert.runs import choose_device, load_run, padded_histories, score
@@ -100,18 +102,15 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     inputs = input_columns(frame, tokenizer, data, source=source, schema=schema)
     read = time.perf_counter()
 
-    # encode in entity-then-time order, ties by row number, so time gaps never depend on the input order
-    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
-    ordered = frame[order]
-    tokens = tokenizer.encode(ordered)
-    entity = ordered.get_column(ENTITY)
-    first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
-    position = np.arange(frame.height)
-    entity_start = np.maximum.accumulate(np.where(first_of_entity, position, 0))
-    input_fields = set(tokenizer.schema.field_names)
+    # rows in entity-then-time order, ties by their values, so a score never depends on the input order
+    rows = row_order(frame, tokenizer.schema)
+    order = np.arange(frame.height) if rows.order is None else rows.order
+    tokens = tokenizer.encode(frame, rows)[order]
+    entity_start = np.repeat(rows.entity_offsets[:-1], np.diff(rows.entity_offsets))
     unseen = {
-        vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
-        for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical" and vocab.name in input_fields
+        encoder.name: int(np.count_nonzero(tokens[:, j] == encoder.offset + FIELD_UNK))
+        for j, encoder in enumerate(tokenizer.fields)
+        if encoder.kind == "categorical" and encoder.name in tokenizer.schema.field_names
     }
     tokenized = time.perf_counter()
 
@@ -119,6 +118,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
                     batch_size=batch_size, progress=progress)
     scored = time.perf_counter()
 
+    position = np.arange(frame.height)
     back = np.empty_like(order)
     back[order] = position
     history = (position - entity_start + 1)[back]
@@ -138,7 +138,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     metrics = labelled_metrics(frame, tokenizer, outputs[back], chosen)
     seconds = {"load": loaded - started, "read": read - loaded, "tokenize": tokenized - read,
                "model": scored - tokenized, "total": time.perf_counter() - started}
-    return Prediction(scores, entities=int(first_of_entity.sum()), padded_rows=int(np.count_nonzero(history < seq_len)),
+    return Prediction(scores, entities=len(rows.entity_offsets) - 1, padded_rows=int(np.count_nonzero(history < seq_len)),
                       unseen=unseen, dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()},
                       threshold=chosen, metrics=metrics)
 
@@ -197,22 +197,20 @@ class EncodedRows(NamedTuple):
 
 
 def encode_rows(frame: pl.DataFrame, tokenizer: TabularTokenizer, value_columns: Sequence[str]) -> EncodedRows:
-    """Tokens, raw-value codes, numeric values (then the gap in seconds) and times of raw rows, ordered
-    by entity, then time, then row number, as ``prepare`` writes them."""
-    order = frame.select(pl.arg_sort_by([ENTITY, TIME, ROW])).to_series().to_numpy()
-    ordered = frame[order]
-    tokens = tokenizer.encode(ordered)
-    entity = ordered.get_column(ENTITY)
-    first_of_entity = (entity != entity.shift(1)).fill_null(True).to_numpy()
-    entity_offsets = np.append(np.flatnonzero(first_of_entity), frame.height)
-    times = ordered.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()
+    """Tokens, raw-value codes, numeric values (then the gap in seconds) and times of raw rows, in
+    the tokenizer's row order, as ``prepare`` writes them."""
+    rows = row_order(frame, tokenizer.schema)
+    order = np.arange(frame.height) if rows.order is None else rows.order
+    tokens = tokenizer.encode(frame, rows)[order]
     values = np.empty((frame.height, len(value_columns)), dtype=np.float32)
     for j, column in enumerate(value_columns):
-        values[:, j] = (gap_seconds(times, entity_offsets) if column == GAP_COLUMN
-                        else ordered.get_column(column).cast(pl.Float32).to_numpy())
-    unseen = {vocab.name: int(np.count_nonzero(tokens[:, j] == vocab.offset + FIELD_UNK))
-              for j, vocab in enumerate(tokenizer.fields) if vocab.kind == "categorical"}
-    return EncodedRows(order, tokens, raw_codes(ordered, tokenizer.schema), values, times, entity_offsets, unseen)
+        values[:, j] = (time_feature("gap", rows.times, rows.entity_offsets) if column == GAP_COLUMN
+                        else frame.get_column(column).cast(pl.Float32).to_numpy()[order])
+    unseen = {encoder.name: int(np.count_nonzero(tokens[:, j] == encoder.offset + FIELD_UNK))
+              for j, encoder in enumerate(tokenizer.fields)
+              if encoder.kind == "categorical" and encoder.name in tokenizer.schema.field_names}
+    return EncodedRows(order, tokens, raw_codes(frame, tokenizer.schema, order), values, rows.times,
+                       rows.entity_offsets, unseen)
 
 
 def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,
@@ -231,8 +229,7 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
             schema = training_schema(tokenizer, schema)
         table = read_source(source, data, schema=schema, require_labels=False, **options)
         frame, name, dropped = table.frame, str(data), dict(table.dropped)
-    derived = {recency_name(name) for name in tokenizer.schema.recency}
-    needed = list(dict.fromkeys([ROW, ENTITY, TIME, *(c for c in tokenizer.required_columns if c not in derived)]))
+    needed = list(dict.fromkeys([ROW, ENTITY, TIME, *tokenizer.required_columns]))
     missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise DataError(name, f"columns {missing} that the model needs are missing (it reads {needed[3:]})",
@@ -245,7 +242,7 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         nulls = frame.get_column(column).is_null()
         if nulls.any():
             raise DataError(name, "missing value", column=column, row=int(frame.get_column(ROW).filter(nulls)[0]))
-    return with_recency(frame, tokenizer.schema), dropped
+    return tokenizer.with_recency(frame), dropped
 
 
 def training_schema(tokenizer: TabularTokenizer, schema: str | Path | None = None) -> GenericSchemaFile | str | Path:

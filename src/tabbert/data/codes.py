@@ -36,12 +36,15 @@ def raw_codes(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None
 def dense_codes(column: pl.Series) -> np.ndarray:
     """One column's dense codes (int32, null ``-1``), in row order.
 
-    Categorical columns and integers of a narrow range go through a lookup table of their keys
-    (one pass, no hashing); other columns through one hash map of their distinct values.
+    Codes follow the values, not the order of the rows, so a shuffled file gets the same codes.
+    Enums and integers of a narrow range go through a lookup table of their keys (one pass, no
+    hashing); other columns through one hash map of their sorted distinct values.
     """
     if column.null_count() == column.len():
         return np.full(column.len(), NULL_CODE, dtype=np.int32)
-    keys = column.to_physical() if isinstance(column.dtype, (pl.Categorical, pl.Enum)) else column
+    if isinstance(column.dtype, pl.Categorical):  # its physical codes follow the file's order
+        column = column.cast(pl.String)
+    keys = column.to_physical() if isinstance(column.dtype, pl.Enum) else column
     if keys.dtype.is_integer():
         low, high = int(keys.min()), int(keys.max())
         if high - low < DENSE_RANGE_LIMIT:
@@ -51,6 +54,6 @@ def dense_codes(column: pl.Series) -> np.ndarray:
             code_of_key = np.cumsum(present, dtype=np.int32) - 1
             code_of_key[-1] = NULL_CODE
             return code_of_key[shifted]
-    distinct = column.unique(maintain_order=True).drop_nulls()
+    distinct = column.unique().drop_nulls().sort()  # codes by value, never by the file's order
     codes = column.replace_strict(distinct, pl.int_range(distinct.len(), eager=True), return_dtype=pl.Int32)
     return codes.fill_null(NULL_CODE).to_numpy()

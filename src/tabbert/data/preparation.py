@@ -8,6 +8,7 @@ import mmap
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,17 +17,12 @@ import polars as pl
 
 from tabbert.data.codes import raw_codes
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
-from tabbert.data.schema import (
-    ENTITY,
-    MICROSECONDS_PER_MINUTE,
-    MICROSECONDS_PER_SECOND,
-    ROW,
-    TIME,
-    Table,
-)
+from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
+from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
 from tabbert.data.recency import with_recency
+from tabbert.data.schema import ROW, Table, TableSchema
 from tabbert.data.sources import read_source
-from tabbert.data.tokenizer import TabularTokenizer, gap_seconds, time_feature_in_order
+from tabbert.data.tokenizer import TabularTokenizer, field_encoders, is_time_feature, row_order
 from tabbert.data.windows import (
     SPLIT_METHODS,
     SPLITS,
@@ -42,8 +38,8 @@ from tabbert.errors import DataError, TabbertError
 from tabbert.options import PrepareOptions
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-KEY_LIMIT = 2**62  # the entity-then-time sort key (entity rank x time span + time) stays below this
-TIME_UNITS_US = (MICROSECONDS_PER_MINUTE, MICROSECONDS_PER_SECOND, 1_000)  # a minute, a second, a millisecond
+FIT_THREADS = 2  # fields fitted and encoded at once: Polars and NumPy release the GIL
+ASSEMBLY_ROWS = 1 << 15  # rows of the id matrix filled field by field at a time
 
 
 def source_digest(path: str | Path) -> str:
@@ -121,11 +117,15 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
 
 
 class _Ordered(NamedTuple):
-    """The rows in entity-then-time order: ``order`` (``None``: in it already), their times and gaps."""
+    """The rows in order (see :mod:`tabbert.data.ordering`) and their gaps, shared by the values and the tokens."""
 
-    order: np.ndarray | None
-    times: np.ndarray
+    rows: RowOrder
     gaps: np.ndarray
+
+    def time_feature(self, name: str) -> np.ndarray:
+        if name == "gap":
+            return self.gaps
+        return time_feature(name, self.rows.times, self.rows.entity_offsets)
 
 
 def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed) -> dict:
@@ -136,7 +136,8 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     into the matrix) and the token matrix assembled.
     """
     frame, schema = table.frame, table.schema
-    entities, entity_offsets, entity_of_run, run_lengths = entity_runs(frame)
+    runs = entity_runs(frame)
+    entities, entity_offsets = runs.entities, runs.entity_offsets
     writer.add_array("entity_offsets", entity_offsets)
     writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
@@ -152,7 +153,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     times, window_split, time_bounds = None, None, None  # the time split needs the times before the sort
     if split == "entity":
         entity_split = assign_entities(len(entities), fractions, seed)
-        train_rows = np.repeat(entity_split[entity_of_run] == 0, run_lengths)
+        train_rows = np.repeat(entity_split[runs.entity_of_run] == 0, runs.run_lengths)
         window_split = entity_split[window_entity]
         members = split_members(entities, np.arange(len(entities)), entity_split)
     elif split == "time":
@@ -160,7 +161,8 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         time_bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
         split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in time_bounds]
         train_rows = times < time_bounds[0]
-        members = split_members(entities, np.repeat(entity_of_run, run_lengths), assign_by_time(times, time_bounds))
+        members = split_members(entities, np.repeat(runs.entity_of_run, runs.run_lengths),
+                                assign_by_time(times, time_bounds))
     else:
         train_rows = np.ones(frame.height, dtype=bool)
         window_split = assign_random(starts.size, fractions, seed)
@@ -170,19 +172,12 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ordering = pool.submit(_order_rows, frame, writer, entity_offsets, entity_of_run, run_lengths, times)
+        ordering = pool.submit(_order_rows, frame, schema, writer, runs, times)
         rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
-
-        def time_feature(feature: str) -> np.ndarray:
-            ordered = ordering.result()
-            return time_feature_in_order(feature, ordered.times, ordered.gaps)
-
         if schema.recency:  # the recency fields need the row order before the fields are fitted
-            order = ordering.result().order
+            order = ordering.result().rows.order
             frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order)
-        tokenizer, tokens = TabularTokenizer.fit_encode(
-            frame, schema, rows=train_rows, order=lambda: ordering.result().order, time_feature=time_feature
-        )
+        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering)
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
         value_columns, windows, label_stats = rest.result()
@@ -210,12 +205,63 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     return meta
 
 
-def _order_rows(frame: pl.DataFrame, writer: PreparedWriter, entity_offsets, entity_of_run, run_lengths,
+def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter, runs: EntityRuns,
                 times: np.ndarray | None = None) -> _Ordered:
-    """Sort the rows by entity, then time (``times``: the rows' own, when already read); write their times."""
-    order, times = row_order(entity_of_run, run_lengths, row_times(frame) if times is None else times)
-    writer.add_array("times", times)
-    return _Ordered(order, times, gap_seconds(times, entity_offsets))
+    """Order the rows as the tokenizer reads them (``times``: the rows' own, when already read); write their times."""
+    rows = row_order(frame, schema, runs=runs, times=times)
+    writer.add_array("times", rows.times)
+    return _Ordered(rows, time_feature("gap", rows.times, rows.entity_offsets))
+
+
+def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray,
+                ordering: Future[_Ordered]) -> tuple[TabularTokenizer, np.ndarray]:
+    """The tokenizer fitted on ``train_rows`` and the ids of every row in order, from one pass over each field.
+
+    The ids are those ``TabularTokenizer(schema).fit(frame, train_rows).encode(frame)`` gives, in
+    the order ``ordering`` brings, stored in the narrowest type holding the vocabulary. The
+    fields are fitted on their own threads while another computes the order; the table's fields
+    need it only when their ids go into the matrix, which the same threads fill a block of rows
+    at a time.
+    """
+    encoders = field_encoders(schema)
+
+    @cache
+    def train_rows_in_order() -> np.ndarray:
+        order = ordering.result().rows.order
+        return train_rows if order is None else train_rows[order]
+
+    def fit_field(encoder: FieldEncoder) -> tuple[np.ndarray, bool]:
+        """The field's local ids, and whether they come in output order (else in frame order)."""
+        if is_time_feature(encoder):
+            values = ordering.result().time_feature(encoder.source)
+            return encoder.fit_encode(values, train_rows_in_order()), True
+        return encoder.fit_encode(frame.get_column(encoder.source), train_rows), False
+
+    # text and wide-ranging integers go through a hash map, which takes longest: those fields
+    # start first, while the rest share the other threads
+    slow = [j for j, encoder in enumerate(encoders) if isinstance(encoder, CategoricalEncoder)
+            and not isinstance(frame.schema[encoder.source], (pl.Categorical, pl.Enum))]
+    start_order = slow + [j for j in range(len(encoders)) if j not in slow]
+    with ThreadPoolExecutor(max_workers=FIT_THREADS) as pool:
+        fitted = dict(zip(start_order, pool.map(fit_field, [encoders[j] for j in start_order])))
+        field_ids = [fitted[j] for j in range(len(encoders))]
+        tokenizer = TabularTokenizer(schema, encoders)
+        order = ordering.result().rows.order
+        tokens = np.empty((frame.height, len(encoders)), dtype=id_dtype(tokenizer.vocab_size))
+        offsets = [tokens.dtype.type(offset) for offset in tokenizer.field_offsets]
+
+        def assemble(begin: int) -> None:
+            """Put one block of rows in order, field by field: the block stays in cache."""
+            out_rows = slice(begin, begin + ASSEMBLY_ROWS)
+            frame_rows = None if order is None else order[out_rows]
+            block = tokens[out_rows]
+            for j, (local_ids, in_output_order) in enumerate(field_ids):
+                in_order = in_output_order or frame_rows is None
+                ids = local_ids[out_rows] if in_order else np.take(local_ids, frame_rows)
+                np.add(ids, offsets[j], out=block[:, j])  # local ids become global ids
+
+        list(pool.map(assemble, range(0, frame.height, ASSEMBLY_ROWS)))
+    return tokenizer, tokens
 
 
 def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered], starts, seq_len: int,
@@ -227,7 +273,7 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
     ``time_bounds``. Returns the value column names, the window count per split and the label counts.
     """
     frame, schema = table.frame, table.schema
-    order, times, gaps = ordering.result()
+    (order, times, _), gaps = ordering.result()
     if window_split is None:
         window_split = assign_by_time(times[starts + seq_len - 1], time_bounds)
     value_columns = [f.name for f in schema.fields if f.kind == "numeric"]
@@ -260,58 +306,11 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
     return [*value_columns, "gap_seconds"], counts, label_stats
 
 
-def entity_runs(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """The entities (by their text), where each one's rows will begin, and the runs of rows of one entity.
-
-    Returns the sorted entity keys, ``entity_offsets`` (plus the row count), and for each run of
-    consecutive rows of one entity its entity's index and its length. Rows usually come in runs
-    of one entity, so entities are ranked run by run.
-    """
-    runs = frame.get_column(ENTITY).rle().struct.unnest()
-    run_lengths = runs.get_column("len").to_numpy()
-    run_keys = runs.get_column("value").cast(pl.String)
-    entities = run_keys.unique().sort()
-    entity_of_run = run_keys.replace_strict(entities, pl.int_range(entities.len(), eager=True)).to_numpy()
-    entity_offsets = np.zeros(entities.len() + 1, dtype=np.int64)
-    entity_offsets[1:] = np.cumsum(np.bincount(entity_of_run, weights=run_lengths, minlength=entities.len()))
-    return entities.to_list(), entity_offsets, entity_of_run, run_lengths
-
-
 def split_members(entities: list[str], entity_of_item: np.ndarray, split_of_item: np.ndarray) -> dict[str, list[str]]:
     """Split name -> the keys of the entities that have an item (an entity, a row, a window) in it."""
     present = np.zeros((len(SPLITS), len(entities)), dtype=bool)
     present[split_of_item, entity_of_item] = True
     return {name: [entities[i] for i in np.flatnonzero(present[k])] for k, name in enumerate(SPLITS)}
-
-
-def row_times(frame: pl.DataFrame) -> np.ndarray:
-    """The rows' times, in epoch microseconds."""
-    return frame.get_column(TIME).dt.cast_time_unit("us").to_physical().to_numpy()
-
-
-def row_order(entity_of_run: np.ndarray, run_lengths: np.ndarray,
-              times: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """The stable order of rows by entity index, then time (``None`` when in it already), and their times in it.
-
-    One integer sort of ``entity * time span + time`` (time in minutes, seconds or milliseconds
-    when every row's time is a whole number of them and microseconds overflow).
-    """
-    n_entities = int(entity_of_run.max()) + 1
-    first, last = int(times.min()), int(times.max())
-    unit = 1
-    if n_entities * (last - first + 1) >= KEY_LIMIT:  # count time in the coarsest unit that loses nothing
-        unit = next((u for u in TIME_UNITS_US if not np.any(times % u)), 1)
-    span = (last - first) // unit + 1
-    if n_entities * span < KEY_LIMIT:
-        key = np.repeat(entity_of_run * span - first // unit, run_lengths)  # one array as long as the table
-        key += times // unit if unit > 1 else times
-        order = None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
-        if order is not None:
-            times = np.take(times, order, out=key)  # the sort key is spent: its memory takes the times
-    else:
-        order = np.lexsort((times, np.repeat(entity_of_run, run_lengths)))
-        times = times[order]
-    return order, times
 
 
 def _ordered(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:

@@ -31,6 +31,8 @@ class DemoSettings:
     finetune_epochs: int = 3
     finetune_batch_size: int = 128
     raw_size: str = "small"
+    threads: int | None = None
+    device: str = "auto"
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
@@ -75,9 +77,11 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
 
     step("pre-train TabBERT", lambda: pretrain(
         data_dir, out / "pretrain", size=settings.size, max_steps=settings.pretrain_steps,
-        batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps))
+        batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps,
+        threads=settings.threads, device=settings.device))
     pretrained = out / "pretrain" / "model"
-    common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed)
+    common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed,
+                  threads=settings.threads, device=settings.device)
     runs = {
         "tabbert_lstm": lambda: finetune(data_dir, out / "tabbert_lstm", pretrained=pretrained, head="lstm", **common),
         "tabbert_mlp": lambda: finetune(data_dir, out / "tabbert_mlp", pretrained=pretrained, head="mlp", **common),

@@ -57,6 +57,7 @@ from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClass
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.options import CLASSIFICATION_METRICS, FinetuneOptions
 from tabbert.plots import plot_loss_curves
+from tabbert.threads import use_threads
 from tabbert.runs import (
     check_compatible,
     choose_device,
@@ -105,6 +106,7 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
     if options.task == "classification" and train.truth.sum() == 0:
         raise TabbertError(f"{data.path}: the training split has no positive windows "
                            f"(label mode {options.label_mode!r})")
+    use_threads(options.threads)
     device = choose_device(options.device)
 
     torch.manual_seed(options.seed)

@@ -54,6 +54,7 @@ from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
 from tabbert.reporting import format_table
 from tabbert.runs import choose_device
+from tabbert.threads import use_threads
 
 _TRAIN_MASKS, _EVAL_MASKS = 0, 1
 # the columns of the per-window statistics gathered during evaluation
@@ -294,10 +295,10 @@ def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) 
         report_to="none",
         seed=options.seed,
         bf16=options.bf16,
-        use_cpu=choose_device().type == "cpu",
+        use_cpu=choose_device(options.device).type == "cpu",
         disable_tqdm=False,
         remove_unused_columns=False,
-        dataloader_pin_memory=choose_device().type == "cuda",
+        dataloader_pin_memory=choose_device(options.device).type == "cuda",
         ddp_find_unused_parameters=False,
     )
 
@@ -318,14 +319,16 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     """
     started = time.perf_counter()
     options = _options(options, settings)
+    use_threads(options.threads)
     data = PreparedDataset(data_dir)
     tokenizer, out = data.tokenizer, Path(out_dir)
     train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
     if len(train) == 0:
         raise TabbertError(f"{data.path}: the training split has no windows")
-    # what a resumed run must repeat (it may keep fewer checkpoints)
+    # what a resumed run must repeat (it may keep fewer checkpoints, and compute elsewhere)
+    free = ("resume", "save_total_limit", "threads", "device")
     settings = {"data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(),
-                **{key: value for key, value in options.to_dict().items() if key not in ("resume", "save_total_limit")}}
+                **{key: value for key, value in options.to_dict().items() if key not in free}}
     config = model_config(tokenizer, data.seq_len, options.size, options.flat, options.model_overrides())
 
     args = _training_arguments(out, options, evaluate=len(val) > 0)
@@ -372,7 +375,7 @@ def _options(options: PretrainOptions | None, settings: dict) -> PretrainOptions
     model_settings = {name: settings.pop(name) for name in list(settings) if name not in PretrainOptions.names()}
     options = PretrainOptions.create(options, **settings)
     options = dataclasses.replace(options, overrides={**options.overrides, **model_settings})
-    if options.bf16 and choose_device().type != "cuda":
+    if options.bf16 and choose_device(options.device).type != "cuda":
         warnings.warn("bf16 needs a CUDA device; training in float32", stacklevel=3)
         options = dataclasses.replace(options, bf16=False)
     return options

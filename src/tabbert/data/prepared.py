@@ -32,7 +32,7 @@ from typing import Self
 
 import numpy as np
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import give_usual_mode, write_json_atomic
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.data.windows import SPLITS, window_labels, window_targets
 from tabbert.errors import ArtifactError, TabbertError
@@ -161,6 +161,7 @@ class PreparedWriter:
         check_output_dir(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+        give_usual_mode(self._staging)
         self._pool = ThreadPoolExecutor(max_workers=WRITING_THREADS)
         self._writes: list[Future] = []
         self._tokenizer: TabularTokenizer | None = None

@@ -43,7 +43,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import give_usual_mode, write_json_atomic
 from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, WindowDataset, stack_windows
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
@@ -267,7 +267,7 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
     """``save_pretrained`` plus ``tokenizer.json`` into a temporary sibling, renamed to ``target``."""
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     try:
-        staging.chmod(0o755)
+        give_usual_mode(staging)
         model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
         replace_directory(staging, target)

@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -114,7 +115,24 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
         if digest is not None:
             meta["source"]["sha256"] = digest.result()
         meta["seconds"] = {"total": round(time.perf_counter() - started, 3)}
+        warn_empty_splits(meta)
         return writer.commit(meta)
+
+
+def warn_empty_splits(meta: dict) -> None:
+    """Warn when validation or test got no windows, saying why and what to change."""
+    empty = [name for name in ("val", "test") if meta["windows"][name] == 0]
+    if not empty:
+        return
+    entities = meta["entities"]
+    if meta["split"]["method"] == "entity" and entities < len(SPLITS):
+        why = (f"the entity split keeps each entity's windows in one split, and there "
+               f"{'is 1 entity' if entities == 1 else f'are {entities} entities'}")
+        fix = "use --split time (validation and test from the newest rows)"
+    else:
+        why = f"the {meta['split']['method']} split left {' and '.join(empty)} without windows"
+        fix = "change --fractions" + (" or --cutoffs" if meta["split"]["method"] == "time" else "")
+    warnings.warn(f"no {' and no '.join(empty)} windows: {why}; {fix}", UserWarning, stacklevel=3)
 
 
 class _Ordered(NamedTuple):

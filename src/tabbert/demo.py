@@ -2,7 +2,7 @@
 
 generate -> prepare -> pre-train TabBERT -> fine-tune (LSTM and MLP heads) -> baselines
 (LightGBM, raw LSTM, raw MLP) -> test figures of all five on the same windows, in one run
-directory with a ``report.md`` that links every plot.
+directory with a ``report.md`` that shows every plot and one comparing the five.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import atomic_path, write_json_atomic
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import check_output_dir
 from tabbert.data.synthetic import generate_transactions, write_transactions
+from tabbert.plots import FEW_POSITIVES, plot_model_comparison
 from tabbert.reporting import format_table, markdown_table
 
 
@@ -40,6 +41,7 @@ class DemoSettings:
                    finetune_epochs=2, raw_size="tiny")
 
 
+COMPARISON_PLOT = "models.png"
 ROWS = (
     ("LightGBM", "lightgbm"),
     ("raw MLP", "raw_mlp"),
@@ -104,7 +106,12 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "metrics.json", summary)
-    (out / "report.md").write_text(report(summary, out))
+    positives = data.meta["positive_windows"]["test"]
+    plot_model_comparison(table, out / COMPARISON_PLOT,
+                          title=f"{len(table)} models, test split: {positives:,} positive windows"
+                          + (" (few: the figures are noisy)" if positives < FEW_POSITIVES else ""))
+    with atomic_path(out / "report.md") as temporary:
+        temporary.write_text(report(summary, out))
     log("\n" + results_table(table))
     log(f"(TabBERT rows: plus {seconds['pre-train TabBERT']:.0f} s of pre-training shared by both)")
     log(f"\ntotal {summary['total_seconds']:.0f} s; report: {out / 'report.md'}")
@@ -124,25 +131,40 @@ def results_table(table: dict) -> str:
 
 
 def report(summary: dict, out: Path) -> str:
-    """``report.md``: settings, data, the table, and links to every plot in the run."""
+    """``report.md``: the table, the comparison plot, settings and data as tables, and every plot of the run."""
+    data = summary["data"]
+    splits = list(data["windows"])
     lines = [
         "# tabbert demo",
         "",
-        f"Generated card transactions: {summary['data']['rows']:,} rows; windows {summary['data']['windows']}; "
-        f"positive windows {summary['data']['positive_windows']}. Settings: `{summary['settings']}`.",
-        "",
-        "Test-split figures, threshold for F1 chosen on the validation split:",
+        "Test-split figures; each model's F1 threshold is chosen on the validation split.",
         "",
         markdown_table(_rows(summary["table"]), headers=("model", "F1", "PR-AUC", "ROC-AUC", "train s")),
         "",
         f"Train seconds are the fitting time of each model; the TabBERT rows share a pre-training of "
         f"{summary['step_seconds']['pre-train TabBERT']:.0f} s on top of theirs.",
         "",
-        "## Plots",
+        f"![{COMPARISON_PLOT}]({COMPARISON_PLOT})",
         "",
+        "## Data",
+        "",
+        f"Generated card transactions: {data['rows']:,} rows.",
+        "",
+        markdown_table([("windows", *(data["windows"][s] for s in splits)),
+                        ("positive windows", *(data["positive_windows"][s] for s in splits))],
+                       headers=("", *splits)),
+        "",
+        "## Settings",
+        "",
+        markdown_table([(f"`{key}`", "default" if value is None else value)
+                        for key, value in summary["settings"].items()], headers=("setting", "value")),
+        "",
+        "## Plots",
     ]
-    for png in sorted(out.rglob("*.png")):
-        relative = png.relative_to(out).as_posix()
-        lines.append(f"- [{relative}]({relative})")
+    for run in sorted({png.parent for png in out.rglob("*.png")} - {out}):
+        lines += ["", f"### {run.relative_to(out).as_posix()}", ""]
+        for png in sorted(run.glob("*.png")):
+            relative = png.relative_to(out).as_posix()
+            lines.append(f"![{relative}]({relative})")
     lines += ["", f"Total time: {summary['total_seconds']:.0f} s.", ""]
     return "\n".join(lines)

@@ -192,5 +192,5 @@ def plot_model_comparison(table: Mapping[str, Mapping], path: str | Path, *, tit
     axes.invert_yaxis()
     axes.set(xlim=(0, 1.12), xlabel="test figure", title=title)
     axes.grid(alpha=0.3, axis="x")
-    axes.legend(fontsize="small", loc="lower right")
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(figures))
     return save_figure(figure, path)

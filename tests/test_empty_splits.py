@@ -11,7 +11,7 @@ from tabbert.data.preparation import prepare_table
 
 
 def test_one_entity_under_the_entity_split_names_the_time_split(tmp_path):
-    with pytest.warns(UserWarning, match=r"no val and no test windows: .*there is 1 entity; use --split time"):
+    with pytest.warns(UserWarning, match=r"no val and no test windows: .*one split, and 1 entity has a window of 5 rows; use --split time"):
         data = prepare_table(make_table({"a": 60}), tmp_path / "entity", seq_len=5, stride=5)
     assert data.meta["windows"]["val"] == data.meta["windows"]["test"] == 0
 

@@ -124,10 +124,10 @@ def warn_empty_splits(meta: dict) -> None:
     empty = [name for name in ("val", "test") if meta["windows"][name] == 0]
     if not empty:
         return
-    entities = meta["entities"]
-    if meta["split"]["method"] == "entity" and entities < len(SPLITS):
-        why = (f"the entity split keeps each entity's windows in one split, and there "
-               f"{'is 1 entity' if entities == 1 else f'are {entities} entities'}")
+    if meta["split"]["method"] == "entity":
+        windowed = meta["entities"] - meta["short_entities"]["count"]
+        why = (f"the entity split keeps each entity's windows in one split, and {windowed} "
+               f"{'entity has' if windowed == 1 else 'entities have'} a window of {meta['seq_len']} rows")
         fix = "use --split time (validation and test from the newest rows)"
     else:
         why = f"the {meta['split']['method']} split left {' and '.join(empty)} without windows"

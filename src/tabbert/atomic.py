@@ -12,6 +12,26 @@ from pathlib import Path
 from tabbert.errors import TabbertError
 
 
+def _read_umask() -> int:
+    """The file-mode creation mask; read once, at import, because reading it means setting it for a moment."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def give_usual_mode(path: Path) -> Path:
+    """Give ``path`` the mode ``open`` or ``mkdir`` would give it under the umask.
+
+    Temporary files and folders are made private (0600, 0700); an artifact renamed from one
+    would keep that mode.
+    """
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~UMASK)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
@@ -28,7 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, 0o644)
+        give_usual_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import atomic_path, write_json_atomic
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import check_output_dir
 from tabbert.data.synthetic import generate_transactions, write_transactions
+from tabbert.plots import FEW_POSITIVES, plot_model_comparison
 from tabbert.reporting import format_table, markdown_table
 
 FOLDS = 2
@@ -43,6 +44,8 @@ class DemoSettings:
     finetune_epochs: int = 3
     finetune_batch_size: int = 128
     raw_size: str = "small"
+    threads: int | None = None
+    device: str = "auto"
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
@@ -50,6 +53,7 @@ class DemoSettings:
                    finetune_epochs=2, raw_size="tiny")
 
 
+COMPARISON_PLOT = "models.png"
 ROWS = (
     ("history LightGBM", "lightgbm"),
     ("raw LSTM", "raw_lstm"),
@@ -93,24 +97,27 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         step(f"pre-train TabBERT ({name})", lambda: pretrain(
             data_dir, out / name, size=settings.size, max_steps=settings.pretrain_steps, mask_rows=True,
             batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps,
-            **options))
+            threads=settings.threads, device=settings.device, **options))
         return out / name / "model"
 
     encoder = pretrained("pretrain")
     folds = [pretrained(f"pretrain_fold{k}", folds=FOLDS, fold=k) for k in range(FOLDS)]
     features = out / "tabbert_features.npy"
-    surprise, _ = step("masked-row surprise, out of fold", lambda: row_surprise(folds, data_dir, embeddings=True))
+    surprise, _ = step("masked-row surprise, out of fold", lambda: row_surprise(
+        folds, data_dir, embeddings=True, device=settings.device))
     np.save(features, surprise)
 
-    common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed)
+    common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed,
+                  threads=settings.threads, device=settings.device)
+    lightgbm = dict(seed=settings.seed, threads=settings.threads)
     runs = {
-        "lightgbm": lambda: train_baseline(data_dir, out / "lightgbm", kind="lightgbm", seed=settings.seed),
+        "lightgbm": lambda: train_baseline(data_dir, out / "lightgbm", kind="lightgbm", **lightgbm),
         "raw_lstm": lambda: train_baseline(data_dir, out / "raw_lstm", kind="lstm", size=settings.raw_size, **common),
         "tabbert_lstm": lambda: finetune(data_dir, out / "tabbert_lstm", pretrained=encoder, **common),
         "tabbert_finetuned": lambda: finetune(data_dir, out / "tabbert_finetuned", pretrained=encoder, unfreeze=True,
                                               **common),
         "lightgbm_tabbert": lambda: train_baseline(data_dir, out / "lightgbm_tabbert", kind="lightgbm",
-                                                   extra_features=str(features), seed=settings.seed),
+                                                   extra_features=str(features), **lightgbm),
     }
     results = {name: step(name, action) for name, action in runs.items()}
     results["surprise"] = surprise_run(data, surprise)
@@ -129,7 +136,12 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "metrics.json", summary)
-    (out / "report.md").write_text(report(summary, out))
+    positives = summary["data"]["test_positives"]
+    plot_model_comparison(table, out / COMPARISON_PLOT,
+                          title=f"{len(table)} models, test split: {positives:,} fraudulent transactions"
+                          + (" (few: the figures are noisy)" if positives < FEW_POSITIVES else ""))
+    with atomic_path(out / "report.md") as temporary:
+        temporary.write_text(report(summary, out))
     log("\n" + results_table(table))
     pretraining = sum(v for k, v in seconds.items() if k.startswith("pre-train") or k.startswith("masked-row"))
     log(f"(TabBERT rows: plus {pretraining:.0f} s of pre-training and surprise, shared)")
@@ -162,28 +174,38 @@ def results_table(table: dict) -> str:
 
 
 def report(summary: dict, out: Path) -> str:
-    """``report.md``: settings, data, the table, and links to every plot in the run."""
+    """``report.md``: the table, the comparison plot, data and settings as tables, and every plot of the run."""
     data, seconds = summary["data"], summary["step_seconds"]
     shared = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "masked-row")))
     lines = [
         "# tabbert demo",
         "",
-        f"Generated card transactions: {data['rows']:,} rows. Every test transaction ({data['test_rows']:,}, "
-        f"{data['test_positives']} of them fraud) is scored from its own card's history. Settings: "
-        f"`{summary['settings']}`.",
-        "",
-        "Test figures; F1 at the threshold chosen on the validation split:",
+        "Every test transaction is scored from its own card's history; each model's F1 threshold is "
+        "chosen on the validation split.",
         "",
         markdown_table(_rows(summary["table"]), headers=("model", *HEADERS)),
         "",
         f"Train seconds are the fitting time of each model; the TabBERT rows share {shared:.0f} s of "
         "pre-training and surprise scoring on top of theirs.",
         "",
-        "## Plots",
+        f"![{COMPARISON_PLOT}]({COMPARISON_PLOT})",
         "",
+        "## Data",
+        "",
+        markdown_table([("rows", f"{data['rows']:,}"), ("test transactions", f"{data['test_rows']:,}"),
+                        ("fraudulent test transactions", data["test_positives"])], headers=("", "")),
+        "",
+        "## Settings",
+        "",
+        markdown_table([(f"`{key}`", "default" if value is None else value)
+                        for key, value in summary["settings"].items()], headers=("setting", "value")),
+        "",
+        "## Plots",
     ]
-    for png in sorted(out.rglob("*.png")):
-        relative = png.relative_to(out).as_posix()
-        lines.append(f"- [{relative}]({relative})")
+    for run in sorted({png.parent for png in out.rglob("*.png")} - {out}):
+        lines += ["", f"### {run.relative_to(out).as_posix()}", ""]
+        for png in sorted(run.glob("*.png")):
+            relative = png.relative_to(out).as_posix()
+            lines.append(f"![{relative}]({relative})")
     lines += ["", f"Total time: {summary['total_seconds']:.0f} s.", ""]
     return "\n".join(lines)

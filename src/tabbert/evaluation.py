@@ -78,9 +78,10 @@ def split_report(truth: np.ndarray, scores: np.ndarray, *, task: str, split: str
     else:
         result = classification_metrics(truth, scores, threshold, split=split)
         both_classes = 0 < result["positives"] < result["n"]  # else the curves are undefined, as warned
-        written = plot_pr_roc(truth, scores, run_dir / f"{split}_") if plots and both_classes else []
+        written = plot_pr_roc(truth, scores, run_dir / f"{split}_", model=run_dir.name, split=split,
+                              threshold=result["threshold"]) if plots and both_classes else []
         result.update(threshold_spec=threshold_spec, threshold_source=threshold_source,
-                      plots=[path.name for path in written])
+                       plots=[path.name for path in written])
     return {"split": split, "data": str(data_path), **result}
 
 

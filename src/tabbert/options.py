@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -34,20 +35,24 @@ IMBALANCE = ("upsample", "weights", "none")
 CLASSIFICATION_METRICS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "recall_at_1pct_fpr")
 BASELINE_KINDS = ("lightgbm", "lstm", "mlp")
 LIGHTGBM_FEATURES = ("history", "window")
+DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N"
+THREADS_HELP = "CPU threads (default: torch's, or the cores left free when the machine is busy)"
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
            at_least: float | None = None, above: float | None = None, below: float | None = None,
-           aliases: tuple[str, ...] = (), group: str | None = None, cli: bool = True, **argparse_settings) -> Any:
+           aliases: tuple[str, ...] = (), group: str | None = None, cli: bool = True, valid: Any = None,
+           **argparse_settings) -> Any:
     """A dataclass field with what the command line and the checks need to know about it.
 
     ``choices`` are the allowed values (of each element, for a tuple); ``at_least``, ``above``
     and ``below`` bound a number; ``aliases`` are further flags (the first flag is the field's
     name with dashes); ``group`` titles the ``--help`` section; ``cli=False`` keeps the field
-    off the command line. Other keywords (``type``, ``metavar``, ``nargs``) go to argparse.
+    off the command line; ``valid`` checks a value choices cannot list (it raises
+    :class:`TabbertError`). Other keywords (``type``, ``metavar``, ``nargs``) go to argparse.
     """
     metadata = dict(help=help, choices=choices, at_least=at_least, above=above, below=below, aliases=aliases,
-                    group=group, cli=cli, argparse=argparse_settings)
+                    group=group, cli=cli, valid=valid, argparse=argparse_settings)
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -97,6 +102,8 @@ def _check_field(item: dataclasses.Field, value: Any) -> None:
     meta = item.metadata
     if value is None or not meta:
         return
+    if meta["valid"] is not None:
+        meta["valid"](value)
     choices = meta["choices"]
     for element in value if isinstance(value, tuple) else (value,):
         if choices is not None and element not in choices:
@@ -172,7 +179,32 @@ def _element_type(hint: Any) -> type:
     return hint
 
 
+def _check_device(value: str) -> None:
+    if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
+        raise TabbertError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def threads_option(help: str = THREADS_HELP, **settings) -> Any:
+    """The ``--threads`` field of a step that computes (see :mod:`tabbert.threads`)."""
+    return option(None, help=help, at_least=1, metavar="N", **settings)
+
+
+def device_option(help: str = DEVICE_HELP, **settings) -> Any:
+    """The ``--device`` field of a step that runs a model (see :func:`tabbert.runs.choose_device`)."""
+    return option("auto", help=help, valid=_check_device, **settings)
+
+
 # ---------------------------------------------------------------------------------------------- the steps
+
+
+@dataclass(frozen=True)
+class ComputeOptions(Options):
+    """Threads and device of the steps that run a model without training one: evaluate, predict, embed."""
+
+    step: ClassVar[str] = "compute"
+
+    threads: int | None = threads_option()
+    device: str = device_option()
 
 
 @dataclass(frozen=True)
@@ -238,6 +270,9 @@ class PretrainOptions(Options):
     save_steps: int = option(500, help="checkpoint every this many steps", at_least=1)
     save_total_limit: int = option(2, help="checkpoints kept", at_least=1)
     bf16: bool = option(False, help="bfloat16 autocast on a CUDA device (ignored on CPU)")
+    threads: int | None = threads_option()
+    device: str = device_option(help="auto (cuda when available), cpu or cuda; under torchrun each process takes "
+                                "its own GPU")
     hidden_size: int | None = option(None, help="width of a row vector", at_least=1, group="size overrides")
     num_hidden_layers: int | None = option(None, help="layers of the row BERT", at_least=1, aliases=("--num-layers",),
                                            group="size overrides")
@@ -256,6 +291,8 @@ class PretrainOptions(Options):
         if (self.folds > 1) != (self.fold is not None) or self.fold is not None and self.fold >= self.folds:
             raise TabbertError(f"--fold chooses one of the --folds (0 .. folds-1) and needs folds > 1; "
                                f"got folds={self.folds}, fold={self.fold}")
+        if self.device.startswith("cuda:"):
+            raise TabbertError("pretrain takes device auto, cpu or cuda; choose its GPUs with CUDA_VISIBLE_DEVICES")
 
     def model_overrides(self) -> dict[str, Any]:
         """The configuration values that change the named size."""
@@ -329,7 +366,8 @@ class FinetuneOptions(Options):
     warmup_ratio: float = option(0.1, at_least=0, below=1, group="training",
                                  help="share of the steps with a linear warm-up before the cosine decay")
     max_grad_norm: float = option(1.0, help="gradient clipping norm", above=0, group="training")
-    device: str | None = option(None, help="cpu, cuda or cuda:N (default: cuda when available)", group="training")
+    threads: int | None = threads_option(group="training")
+    device: str = device_option(group="training")
     seed: int = option(0, help="random seed", group="training")
 
     def check(self) -> None:
@@ -434,16 +472,15 @@ class BaselineOptions(Options):
     scale_pos_weight: float | str = option(1.0, type=_number_or_balanced, group="lightgbm",
                                            help="weight of positive windows: a number, or 'balanced' for "
                                            "negatives/positives")
-    threads: int | None = option(None, at_least=1, group="lightgbm",
-                                 help="LightGBM threads (default: all cores; results do not depend on it)")
     plots: bool = option(True, cli=False, help="draw the PR and ROC curves")
     epochs: int = option(_finetune_default("epochs"), help="most epochs", at_least=1, group="lstm and mlp")
     batch_size: int = option(_finetune_default("batch_size"), help="windows per batch", at_least=1,
                              group="lstm and mlp")
     size: str = option(_finetune_default("size"), choices=SIZES, group="lstm and mlp",
                        help="embedding and row widths of that model size")
-    device: str | None = option(None, help="cpu, cuda or cuda:N (default: cuda when available)",
-                                group="lstm and mlp")
+    threads: int | None = threads_option(help="CPU threads; LightGBM's results do not depend on them (default: all "
+                                         "cores, or the cores left free when the machine is busy)")
+    device: str = device_option(group="lstm and mlp")
 
     LIGHTGBM_LEARNING_RATE: ClassVar[float] = 0.05
 
@@ -477,6 +514,6 @@ class BaselineOptions(Options):
         settings = dict(encoder="raw", head=self.kind, points=self.points, label_mode=self.label_mode,
                         context=self.context, label_fraction=self.label_fraction,
                         negative_rate=None if self.points == "windows" else self.negative_rate,
-                        seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size,
+                        seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size, threads=self.threads,
                         device=self.device)
         return FinetuneOptions.create(**settings, **({} if self.lr is None else {"lr": self.lr}))

@@ -176,8 +176,9 @@ def check_compatible(run: Run, data: PreparedDataset) -> None:
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` (``cpu``, ``cuda``, ``cuda:1`` ...) as a torch device; None: CUDA when available, else the CPU."""
-    if device is None:
+    """``device`` (``cpu``, ``cuda``, ``cuda:1`` ...) as a torch device; None or ``auto``: CUDA when available,
+    else the CPU."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)

@@ -54,6 +54,7 @@ from tabbert.errors import TabbertError
 from tabbert.evaluation import split_report
 from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
 from tabbert.options import BaselineOptions
+from tabbert.threads import resolve_threads
 
 TOP_FEATURES = 20
 THRESHOLD_SOURCE = "best F1 on val"
@@ -214,7 +215,7 @@ def _params(options: BaselineOptions) -> dict:
         "feature_fraction": 0.8,
         "lambda_l2": 1.0,
         "seed": options.seed,
-        "num_threads": options.threads or os.cpu_count() or 1,
+        "num_threads": resolve_threads(options.threads) or os.cpu_count() or 1,
         "deterministic": True,
         "force_row_wise": True,
         "verbosity": -1,

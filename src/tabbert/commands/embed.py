@@ -11,6 +11,7 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from tabbert.embeddings import EMBED_BATCH_SIZE, LEVELS, SPLIT_CHOICES
+    from tabbert.options import ComputeOptions, add_arguments
 
     parser.add_argument("--model", required=True, help="pre-training run, RUN or RUN/model")
     parser.add_argument("--data", required=True, help="prepared dataset directory made with the model's tokenizer")
@@ -21,14 +22,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "row: a vector per row of each window")
     parser.add_argument("--batch-size", type=int, default=EMBED_BATCH_SIZE,
                         help=f"windows per forward pass (default {EMBED_BATCH_SIZE})")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_arguments(parser, ComputeOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from tabbert.embeddings import write_embeddings
+    from tabbert.options import ComputeOptions
+    from tabbert.threads import use_threads
 
+    compute = ComputeOptions.from_arguments(args)
+    use_threads(compute.threads)
     summary = write_embeddings(args.model, args.data, args.out, split=args.split, level=args.level,
-                               batch_size=args.batch_size, device=args.device)
+                               batch_size=args.batch_size, device=compute.device)
     print(f"{summary['records']:,} {args.level} embeddings of width {summary['hidden_size']} "
           f"({summary['windows']:,} windows) written to {args.out}")
     return 0

@@ -22,7 +22,7 @@ SKIPPED = ("split", "data", "plots")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from tabbert.options import add_threshold_option
+    from tabbert.options import ComputeOptions, add_arguments, add_threshold_option
 
     parser.add_argument("--model", required=True, help="fine-tuning run directory, or its model/ subdirectory")
     parser.add_argument("--data", required=True, help="prepared dataset directory (the model's schema)")
@@ -30,15 +30,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="split to score (default test)")
     add_threshold_option(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="windows per batch (default 256)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_arguments(parser, ComputeOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from tabbert.evaluation import evaluate
+    from tabbert.options import ComputeOptions
     from tabbert.runs import run_paths
+    from tabbert.threads import use_threads
 
+    compute = ComputeOptions.from_arguments(args)
+    use_threads(compute.threads)
     result = evaluate(args.model, args.data, args.split, threshold=args.threshold, batch_size=args.batch_size,
-                      device=args.device)
+                      device=compute.device)
     print(summary(result))
     run_dir, _ = run_paths(args.model)
     written = ", ".join(result.get("plots", [])) or "no curves"

@@ -21,7 +21,7 @@ from tabbert.reporting import format_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from tabbert.options import SOURCES, add_threshold_option
+    from tabbert.options import SOURCES, ComputeOptions, add_arguments, add_threshold_option
 
     parser.add_argument("--model", required=True, help="fine-tuning run directory, or its model/ subdirectory")
     parser.add_argument("--input", required=True, help="raw rows to score: CSV, .csv.gz or Parquet (a folder for prsa)")
@@ -31,14 +31,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "a file that differs from it is an error)")
     add_threshold_option(parser)
     parser.add_argument("--batch-size", type=int, default=512, help="windows per batch (default 512)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_arguments(parser, ComputeOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from tabbert.inference import score_table, write_scores
+    from tabbert.options import ComputeOptions
+    from tabbert.threads import use_threads
 
+    compute = ComputeOptions.from_arguments(args)
+    use_threads(compute.threads)
     prediction = score_table(args.model, args.input, source=args.source, schema=args.schema, threshold=args.threshold,
-                             batch_size=args.batch_size, device=args.device, progress=True)
+                             batch_size=args.batch_size, device=compute.device, progress=True)
     write_scores(prediction.scores, args.out)
     print(summary(prediction))
     if prediction.metrics is not None:

@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -113,7 +114,24 @@ def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: i
         if digest is not None:
             meta["source"]["sha256"] = digest.result()
         meta["seconds"] = {"total": round(time.perf_counter() - started, 3)}
+        warn_empty_splits(meta)
         return writer.commit(meta)
+
+
+def warn_empty_splits(meta: dict) -> None:
+    """Warn when validation or test got no windows, saying why and what to change."""
+    empty = [name for name in ("val", "test") if meta["windows"][name] == 0]
+    if not empty:
+        return
+    if meta["split"]["method"] == "entity":
+        windowed = meta["entities"] - meta["short_entities"]["count"]
+        why = (f"the entity split keeps each entity's windows in one split, and {windowed} "
+               f"{'entity has' if windowed == 1 else 'entities have'} a window of {meta['seq_len']} rows")
+        fix = "use --split time (validation and test from the newest rows)"
+    else:
+        why = f"the {meta['split']['method']} split left {' and '.join(empty)} without windows"
+        fix = "change --fractions" + (" or --cutoffs" if meta["split"]["method"] == "time" else "")
+    warnings.warn(f"no {' and no '.join(empty)} windows: {why}; {fix}", UserWarning, stacklevel=3)
 
 
 class _Ordered(NamedTuple):

@@ -37,7 +37,7 @@ from typing import Self
 
 import numpy as np
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import give_usual_mode, write_json_atomic
 from tabbert.data.codes import categorical_fields
 from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
 from tabbert.data.windows import (
@@ -263,6 +263,7 @@ class PreparedWriter:
         check_output_dir(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+        give_usual_mode(self._staging)
         self._pool = ThreadPoolExecutor(max_workers=WRITING_THREADS)
         self._writes: list[Future] = []
         self._tokenizer: TabularTokenizer | None = None

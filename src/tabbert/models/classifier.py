@@ -43,6 +43,7 @@ from transformers import AutoConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as transformers_logging
 
+from tabbert.atomic import give_usual_mode
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError
 from tabbert.models.configuration import TabBertConfig
@@ -310,6 +311,7 @@ def save_classifier(model: SequenceHeadModel, tokenizer: TabularTokenizer, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
+        give_usual_mode(staging)
         with without_progress_bars():
             model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")

@@ -75,7 +75,8 @@ from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold, undefined
 from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClassification, save_classifier
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.options import CLASSIFICATION_METRICS, FinetuneOptions
-from tabbert.plots import plot_loss_curves
+from tabbert.plots import plot_training_curve
+from tabbert.threads import use_threads
 from tabbert.runs import (
     check_compatible,
     choose_device,
@@ -146,6 +147,7 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
     if options.task == "classification" and train.truth.sum() == 0:
         raise TabbertError(f"{data.path}: the training split has no positive points "
                            f"(label mode {options.label_mode!r})")
+    use_threads(options.threads)
     device = choose_device(options.device)
 
     torch.manual_seed(options.seed)
@@ -170,8 +172,8 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
         "splits": splits,
     }
     write_json_atomic(out / "metrics.json", metrics)
-    plot_loss_curves(training.optimization.log_history, out / "training_curve.png",
-                     title=f"fine-tuning ({options.encoder} encoder, {options.head} head)")
+    plot_training_curve(metrics["training"], out / "training_curve.png",
+                        title=f"{out.name}: fine-tuning ({options.encoder} encoder, {options.head} head)")
     return metrics
 
 

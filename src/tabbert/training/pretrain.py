@@ -43,7 +43,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from tabbert.atomic import write_json_atomic
+from tabbert.atomic import give_usual_mode, write_json_atomic
 from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, WindowDataset, stack_windows
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
@@ -54,6 +54,7 @@ from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
 from tabbert.reporting import format_table
 from tabbert.runs import choose_device
+from tabbert.threads import use_threads
 
 _TRAIN_MASKS, _EVAL_MASKS = 0, 1
 # the columns of the per-window statistics gathered during evaluation
@@ -266,7 +267,7 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
     """``save_pretrained`` plus ``tokenizer.json`` into a temporary sibling, renamed to ``target``."""
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     try:
-        staging.chmod(0o755)
+        give_usual_mode(staging)
         model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
         replace_directory(staging, target)
@@ -294,10 +295,10 @@ def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) 
         report_to="none",
         seed=options.seed,
         bf16=options.bf16,
-        use_cpu=choose_device().type == "cpu",
+        use_cpu=choose_device(options.device).type == "cpu",
         disable_tqdm=False,
         remove_unused_columns=False,
-        dataloader_pin_memory=choose_device().type == "cuda",
+        dataloader_pin_memory=choose_device(options.device).type == "cuda",
         ddp_find_unused_parameters=False,
     )
 
@@ -318,6 +319,7 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     """
     started = time.perf_counter()
     options = _options(options, settings)
+    use_threads(options.threads)
     data = PreparedDataset(data_dir)
     tokenizer, out = data.tokenizer, Path(out_dir)
     train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
@@ -326,9 +328,10 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         train.starts = train.starts[data.entity_folds(options.folds)[entity] != options.fold]
     if len(train) == 0:
         raise TabbertError(f"{data.path}: the training split has no windows")
-    # what a resumed run must repeat (it may keep fewer checkpoints)
+    # what a resumed run must repeat (it may keep fewer checkpoints, and compute elsewhere)
+    free = ("resume", "save_total_limit", "threads", "device")
     settings = {"data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(),
-                **{key: value for key, value in options.to_dict().items() if key not in ("resume", "save_total_limit")}}
+                **{key: value for key, value in options.to_dict().items() if key not in free}}
     config = model_config(tokenizer, data.seq_len, options.size, options.flat, options.model_overrides())
 
     args = _training_arguments(out, options, evaluate=len(val) > 0)
@@ -375,7 +378,7 @@ def _options(options: PretrainOptions | None, settings: dict) -> PretrainOptions
     model_settings = {name: settings.pop(name) for name in list(settings) if name not in PretrainOptions.names()}
     options = PretrainOptions.create(options, **settings)
     options = dataclasses.replace(options, overrides={**options.overrides, **model_settings})
-    if options.bf16 and choose_device().type != "cuda":
+    if options.bf16 and choose_device(options.device).type != "cuda":
         warnings.warn("bf16 needs a CUDA device; training in float32", stacklevel=3)
         options = dataclasses.replace(options, bf16=False)
     return options

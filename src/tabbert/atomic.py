@@ -1,12 +1,14 @@
-"""Atomic writes: a file appears complete under its name, or not at all."""
+"""Atomic writes: a file or directory appears complete under its name, or not at all."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 from tabbert.errors import TabbertError
@@ -39,3 +41,46 @@ def write_json_atomic(path: str | os.PathLike, data: object, *, indent: int | No
     """Write ``data`` as JSON to ``path``, atomically; ``indent=None`` writes one line (much faster)."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=indent) + "\n")
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A new, empty sibling directory of ``target`` to fill and then rename to ``target``.
+
+    Its name, ``.<target>.partial-<pid>-<random>``, carries the writing process's id, so that a
+    later writer can tell a folder left by a killed process (:func:`remove_stale_staging`) from
+    one still being written.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{_staging_prefix(target)}{os.getpid()}-"))
+    except OSError as exc:
+        raise TabbertError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging directories of ``target`` whose writing process is gone; returns them."""
+    target = Path(target)
+    prefix = _staging_prefix(target)
+    removed = []
+    for folder in target.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.partial-"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

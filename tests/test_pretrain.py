@@ -123,6 +123,24 @@ def test_resumed_run_reaches_the_uninterrupted_weights(card_data, tmp_path):
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert resumed["val_loss"] == whole["val_loss"]
     assert resumed["train_loss_history"] == whole["train_loss_history"]
+    # 16 windows a step: this session trained steps 5 to 12, the run all 12
+    assert whole["resumed_from_step"] is None and whole["windows_trained"] == whole["windows_trained_total"] == 192
+    assert resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained"] == 128 and resumed["windows_trained_total"] == 192
+
+
+def test_resume_skips_a_checkpoint_written_half(card_data, tmp_path):
+    settings = dict(TINY, max_steps=12, save_steps=4, seed=3)
+    run = tmp_path / "run"
+    pretrain(card_data, run, callbacks=[StopAt(10)], **settings)
+    # killed while writing checkpoint-8: the trainer state, written last, is missing
+    (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").unlink()
+    with pytest.warns(UserWarning, match="checkpoint-8: incomplete checkpoint"):
+        resumed = pretrain(card_data, run, resume=True, **settings)
+    assert resumed["steps"] == 12 and resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained_total"] == 12 * 16
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8"]
+    assert (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
 
 
 def test_same_seed_same_result_and_flat_variant(card_data, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import make_table
+from conftest import flip_weight_bytes, make_table
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -141,6 +142,17 @@ def test_resume_skips_a_checkpoint_written_half(card_data, tmp_path):
     assert resumed["windows_trained_total"] == 12 * 16
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8"]
     assert (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+
+
+def test_saved_weights_carry_their_digest_and_embed_checks_it(run_dir, card_data, tmp_path):
+    record = json.loads((run_dir / "model" / "weights.sha256.json").read_text())
+    assert record["sha256"] == hashlib.sha256((run_dir / "model" / "model.safetensors").read_bytes()).hexdigest()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir / "model", damaged)
+    flip_weight_bytes(damaged)
+    with pytest.raises(ArtifactError, match="the file is corrupt .*SHA-256"):
+        write_embeddings(damaged, card_data, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_same_seed_same_result_and_flat_variant(card_data, tmp_path):

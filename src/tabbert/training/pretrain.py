@@ -53,6 +53,7 @@ from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, WindowDatase
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.integrity import record_weights_digest
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.options import PretrainOptions
@@ -333,6 +334,7 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
         staging.chmod(0o755)
         model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
+        record_weights_digest(staging)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

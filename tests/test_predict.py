@@ -166,5 +166,22 @@ def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     written = pl.read_csv(out)
     assert written.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
     assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height
-    assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out)]) == 2
+    assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out),
+                 "--overwrite"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_predict_out_is_a_new_file_unless_overwrite(workdir, model_dir, fraud_card_csv, capsys):
+    out = workdir / "kept.csv"
+    out.write_text("keep me\n")
+    command = ["predict", "--model", str(model_dir), "--input", str(fraud_card_csv), "--out", str(out)]
+    assert main(command) == 2
+    assert "kept.csv: exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+    assert main([*command, "--overwrite"]) == 0
+    assert pl.read_csv(out).columns[:3] == ["row", "entity", "score"]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), "--input", str(fraud_card_csv), "--out", str(workdir),
+                 "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "is a directory" in error

@@ -216,6 +216,23 @@ def test_embed_writes_window_and_row_embeddings(run_dir, card_data, tmp_path):
     np.testing.assert_allclose(np.stack(rows["embedding"].to_numpy()[: data.seq_len]), hidden[0], rtol=1e-5, atol=1e-6)
 
 
+def test_embed_out_is_a_new_file_unless_overwrite(run_dir, card_data, tmp_path, capsys):
+    out = tmp_path / "embeddings.parquet"
+    out.write_bytes(b"keep me")
+    command = ["embed", "--model", str(run_dir), "--data", str(card_data), "--split", "val", "--out", str(out)]
+    assert main(command) == 2
+    assert "embeddings.parquet: exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main([*command, "--overwrite"]) == 0
+    assert pl.read_parquet(out).height == len(PreparedDataset(card_data).windows("val"))
+    capsys.readouterr()
+    assert main(["embed", "--model", str(run_dir), "--data", str(card_data), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "is a directory" in error
+    with pytest.raises(TabbertError, match="is a directory"):
+        write_embeddings(run_dir, card_data, tmp_path, overwrite=True)
+
+
 def test_embed_refuses_a_model_of_another_schema(card_data, tmp_path, capsys):
     other = prepare_table(make_table({"a": 23, "b": 10, "c": 7}), tmp_path / "other", seq_len=5, stride=5)
     model_dir = tmp_path / "other_model"

@@ -161,8 +161,9 @@ def test_corrupt_model(workdir, model_dir, fraud_card_csv):
 def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     out = workdir / "scores.csv"
     assert main(["predict", "--model", str(model_dir.parent), "--input", str(fraud_card_csv), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "rows scored" in printed and "unseen categories" in printed
+    assert "\r" not in progress and progress.count("scoring: ") <= 10
     written = pl.read_csv(out)
     assert written.columns == ["row", "entity", "score", "history_rows", "padded", "predicted"]
     assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
@@ -51,6 +50,7 @@ from tabbert.models.classifier import (
 )
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.raw import RawFieldsForSequenceClassification
+from tabbert.progress import track
 from tabbert.models.tabbert import TabBertModel
 
 # what a model directory holds, by the model_type of its config.json: the run kind and how to name it
@@ -235,7 +235,7 @@ def forward_batches(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     The inputs and mask of a batch are moved to ``device``; each output is yielded as the step returns it.
     """
     batches = range(0, n_windows, batch_size)
-    for begin in tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False):
+    for begin in track(batches, description=description, enabled=progress):
         inputs, mask = gather(begin, min(begin + batch_size, n_windows))
         with torch.inference_mode():
             yield step(torch.as_tensor(inputs).to(device), None if mask is None else torch.as_tensor(mask).to(device))

@@ -26,6 +26,7 @@ shards the batches and only the main process writes the run's files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tabbert.atomic import write_json_atomic
@@ -54,10 +55,12 @@ from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.integrity import record_weights_digest
+from tabbert.models.classifier import without_progress_bars
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
+from tabbert.progress import SparseProgressCallback, interactive
 from tabbert.reporting import format_table
 from tabbert.runs import choose_device
 
@@ -332,7 +335,8 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     try:
         staging.chmod(0o755)
-        model.save_pretrained(staging)
+        with without_progress_bars():
+            model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
         record_weights_digest(staging)
         replace_directory(staging, target)
@@ -361,7 +365,7 @@ def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) 
         seed=options.seed,
         bf16=options.bf16,
         use_cpu=choose_device().type == "cpu",
-        disable_tqdm=False,
+        disable_tqdm=not interactive(),  # a bar on a terminal; else SparseProgressCallback's lines
         remove_unused_columns=False,
         dataloader_pin_memory=choose_device().type == "cuda",
         ddp_find_unused_parameters=False,
@@ -419,8 +423,12 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
         mask_seed=options.seed, window_count=WindowCount.from_trainer_state(resumed),
     )
+    if args.disable_tqdm:  # the Trainer then prints every log entry; a line at every tenth of the run is enough
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(SparseProgressCallback())
     train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    with without_progress_bars() if args.disable_tqdm else contextlib.nullcontext():  # checkpoints' "Writing" bars
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     train_seconds = time.perf_counter() - train_started - trainer.evaluation_seconds
     if len(val) and (trainer.last_evaluation is None or trainer.last_evaluation["step"] != trainer.state.global_step):
         trainer.evaluate()

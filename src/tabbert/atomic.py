@@ -21,8 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any error the temporary file is removed and ``path`` keeps its old content (if any).
     """
     path = Path(path)
-    if path.is_dir():
-        raise TabbertError(f"{path}: is a directory; give the name of a file to write")
+    check_output_file(path, overwrite=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -43,7 +42,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> No
     """Refuse a directory as an output file, and an existing file unless ``overwrite``."""
     path = Path(path)
     if path.is_dir():
-        raise TabbertError(f"{path}: is a directory; give the name of a file to write")
+        raise TabbertError(f"cannot write {path}: it is a directory; give the name of a file to write")
     if path.exists() and not overwrite:
         raise TabbertError(f"{path}: exists; pass --overwrite to replace it, or choose another --out")
 

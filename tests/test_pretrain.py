@@ -130,6 +130,19 @@ def test_resumed_run_reaches_the_uninterrupted_weights(card_data, tmp_path):
     assert resumed["windows_trained"] == 128 and resumed["windows_trained_total"] == 192
 
 
+def test_resume_from_a_checkpoint_without_a_window_count(card_data, tmp_path):
+    settings = dict(TINY, max_steps=8, save_steps=4, seed=3)
+    run = tmp_path / "run"
+    pretrain(card_data, run, callbacks=[StopAt(6)], **settings)
+    state_file = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["WindowCount"]  # as written before windows were counted
+    state_file.write_text(json.dumps(state))
+    resumed = pretrain(card_data, run, resume=True, **settings)
+    assert resumed["steps"] == 8 and resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained"] == 64 and resumed["windows_trained_total"] is None
+
+
 def test_resume_skips_a_checkpoint_written_half(card_data, tmp_path):
     settings = dict(TINY, max_steps=12, save_steps=4, seed=3)
     run = tmp_path / "run"

@@ -14,7 +14,8 @@ Masks are drawn from a generator seeded by (seed, process, step), not from the g
 so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the same final
 weights. A resume starts from the newest *complete* checkpoint: one that a killed run left
 half-written is removed and written again. In ``metrics.json``, ``windows_trained`` (and the speed) count
-this session's windows, ``windows_trained_total`` the whole run's, and ``resumed_from_step`` is the
+this session's windows, ``windows_trained_total`` the whole run's (null when a checkpoint written
+before windows were counted leaves it unknown), and ``resumed_from_step`` is the
 step the session resumed from (null: a fresh run). Validation masks are drawn from a fixed seed, so
 every epoch is scored on the same masked positions. For each field the report gives the accuracy of
 the model on the masked tokens next to the accuracy of always guessing the field's most frequent
@@ -144,19 +145,23 @@ def metric_key(name: str) -> str:
 
 class WindowCount(TrainerCallback, ExportableState):
     """The windows this process has trained on since the run began, kept in every checkpoint's
-    ``trainer_state.json`` so that a resumed run goes on counting."""
+    ``trainer_state.json`` so that a resumed run goes on counting. ``from_start`` is False after
+    a resume from a checkpoint that holds no count (the windows before it are unknown)."""
 
-    def __init__(self, windows: int = 0):
+    def __init__(self, windows: int = 0, from_start: bool = True):
         self.windows = windows
+        self.from_start = from_start
 
     def state(self) -> dict:
         return {"args": {}, "attributes": {"windows": self.windows}}
 
     @classmethod
     def from_trainer_state(cls, trainer_state: dict) -> WindowCount:
-        """The count saved in a checkpoint's ``trainer_state.json`` (none saved: a new count)."""
-        saved = trainer_state.get("stateful_callbacks", {}).get(cls.__name__, {})
-        return cls(int(saved.get("attributes", {}).get("windows", 0)))
+        """The count saved in a checkpoint's ``trainer_state.json`` (``{}``: a new run)."""
+        if not trainer_state:
+            return cls()
+        saved = trainer_state.get("stateful_callbacks", {}).get(cls.__name__, {}).get("attributes", {})
+        return cls(int(saved.get("windows", 0)), from_start="windows" in saved)
 
 
 class TensorBoardLogs(TensorBoardCallback):
@@ -489,7 +494,7 @@ def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: Tab
         ],
         "resumed_from_step": resumed_from_step,
         "windows_trained": windows,
-        "windows_trained_total": trainer.window_count.windows * world_size,
+        "windows_trained_total": trainer.window_count.windows * world_size if trainer.window_count.from_start else None,
         "windows_per_second": windows / train_seconds if train_seconds > 0 else None,
         "train_seconds": round(train_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),

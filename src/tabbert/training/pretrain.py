@@ -13,12 +13,12 @@ Each step masks field tokens the BERT way (:class:`~tabbert.data.collate.MaskedF
 Masks are drawn from a generator seeded by (seed, process, step), not from the global random state,
 so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the same final
 weights. A resume starts from the newest *complete* checkpoint: one that a killed run left
-half-written is removed and written again. In ``metrics.json``, ``windows_trained`` (and the speed) count
-this session's windows, ``windows_trained_total`` the whole run's (null when a checkpoint written
-before windows were counted leaves it unknown), and ``resumed_from_step`` is the
-step the session resumed from (null: a fresh run). Validation masks are drawn from a fixed seed, so
-every epoch is scored on the same masked positions. For each field the report gives the accuracy of
-the model on the masked tokens next to the accuracy of always guessing the field's most frequent
+half-written is removed and written again. In ``metrics.json``, ``windows_trained`` (and the speed)
+count this session's windows, ``windows_trained_total`` the whole run's (null when a checkpoint
+written before windows were counted leaves it unknown), and ``resumed_from_step`` is the step the
+session resumed from (null: a fresh run). Validation masks are drawn from a fixed seed, so every
+epoch is scored on the same masked positions. For each field the report gives the accuracy of the
+model on the masked tokens next to the accuracy of always guessing the field's most frequent
 training value: a field whose accuracy does not beat that baseline has not been learned.
 
 The same code runs on one process or many: under ``torchrun --nproc_per_node N`` the Trainer

@@ -65,6 +65,16 @@ def make_regression_table(n_entities: int = 6, rows: int = 60) -> Table:
     return Table(frame, schema, "regression table", rows_in=n)
 
 
+def flip_weight_bytes(model_dir: Path, count: int = 1000) -> None:
+    """Invert ``count`` bytes in the middle of the tensor data, leaving the header intact."""
+    weights = model_dir / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    data_start = 8 + int.from_bytes(content[:8], "little")
+    middle = data_start + (len(content) - data_start - count) // 2
+    content[middle:middle + count] = bytes(b ^ 0xFF for b in content[middle:middle + count])
+    weights.write_bytes(bytes(content))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy machine threads make them much slower."""

@@ -183,12 +183,14 @@ def test_corrupt_model(workdir, model_dir, fraud_card_csv):
 def test_predict_command(workdir, model_dir, fraud_card_csv, capsys):
     out = workdir / "scores.csv"
     assert main(["predict", "--model", str(model_dir.parent), "--input", str(fraud_card_csv), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "rows scored" in printed and "unseen categories" in printed
+    assert "\r" not in progress and progress.count("scoring: ") <= 10
     written = pl.read_csv(out)
     assert written.columns == CARD_OUTPUT
     assert written.height == pl.read_csv(fraud_card_csv, infer_schema=False).height
-    assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out)]) == 2
+    assert main(["predict", "--model", str(model_dir), "--input", str(workdir / "none.csv"), "--out", str(out),
+                 "--overwrite"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
@@ -238,7 +240,7 @@ def test_predict_command_prints_the_figures_of_labelled_input(workdir, run_with_
     assert "labelled input" in printed and "precision_at_0.1pct_fpr" in printed
     unlabelled = workdir / "unlabelled.csv"
     pl.read_csv(fraud_card_csv, infer_schema=False).drop("Is Fraud?").write_csv(unlabelled)
-    assert main([*command[:4], str(unlabelled), "--out", str(out)]) == 0
+    assert main([*command[:4], str(unlabelled), "--out", str(out), "--overwrite"]) == 0
     assert "labelled input" not in capsys.readouterr().out
     assert pl.read_csv(out).columns == [name for name in CARD_OUTPUT if name != "Is Fraud?"]
 
@@ -278,3 +280,19 @@ def test_generic_input_keeps_its_entity_and_time_columns(tmp_path):
     unlabelled = tmp_path / "unlabelled.csv"
     raw.drop("fraud").write_csv(unlabelled)
     assert "fraud" not in predict(tmp_path / "run", unlabelled, schema=schema, threshold=0.5).columns
+
+
+def test_predict_out_is_a_new_file_unless_overwrite(workdir, model_dir, fraud_card_csv, capsys):
+    out = workdir / "kept.csv"
+    out.write_text("keep me\n")
+    command = ["predict", "--model", str(model_dir), "--input", str(fraud_card_csv), "--out", str(out)]
+    assert main(command) == 2
+    assert "kept.csv: exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+    assert main([*command, "--overwrite"]) == 0
+    assert "score" in pl.read_csv(out).columns
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), "--input", str(fraud_card_csv), "--out", str(workdir),
+                 "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "is a directory" in error

@@ -1,12 +1,16 @@
 import datetime as dt
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pytest
 from conftest import make_table, with_tied_times
 
+import tabbert.data.prepared as prepared
 from tabbert.data.preparation import prepare_table, source_digest
 from tabbert.data.schema import ENTITY, ROW, TIME
 from tabbert.data.sources import read_card
@@ -114,6 +118,56 @@ def test_an_error_after_some_parts_were_written_leaves_nothing(tmp_path, three_e
     with pytest.raises(TabbertError, match="training split has no rows"):
         prepare_table(three_entity_table, tmp_path / "ds", split="time", cutoffs=("1900-01-01", "1900-01-02"))
     assert list(tmp_path.iterdir()) == []
+
+
+def _finished_process_id() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_staging_left_by_a_killed_prepare_is_removed_by_the_next(tmp_path, three_entity_table):
+    # a prepare killed during its final rename leaves its complete staging folder behind
+    left = tmp_path / f".ds.partial-{_finished_process_id()}-x1y2"
+    left.mkdir()
+    (left / "meta.json").write_text("{}")
+    running = tmp_path / f".ds.partial-{os.getpid()}-a3b4"  # another prepare, still writing
+    running.mkdir()
+    unrelated = tmp_path / ".ds.partial-notes"
+    unrelated.mkdir()
+    data = prepare_table(three_entity_table, tmp_path / "ds")
+    assert data.meta["rows_kept"] == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", running.name, unrelated.name])
+
+
+def test_staging_folders_carry_the_writer_process_id(tmp_path, three_entity_table, monkeypatch):
+    seen = []
+    original = prepared.PreparedWriter.commit
+
+    def look(writer, meta):
+        seen.extend(p.name for p in tmp_path.iterdir())
+        return original(writer, meta)
+
+    monkeypatch.setattr(prepared.PreparedWriter, "commit", look)
+    prepare_table(three_entity_table, tmp_path / "ds")
+    assert len(seen) == 1 and seen[0].startswith(f".ds.partial-{os.getpid()}-")
+
+
+def test_two_prepares_to_one_out_the_second_gets_a_clear_error(tmp_path, three_entity_table, monkeypatch):
+    out = tmp_path / "ds"
+    original = prepared.PreparedWriter.commit
+
+    def overtaken(writer, meta):
+        # the other prepare started after this one's check and finishes first
+        monkeypatch.setattr(prepared.PreparedWriter, "commit", original)
+        prepare_table(three_entity_table, out, seed=1)
+        return original(writer, meta)
+
+    monkeypatch.setattr(prepared.PreparedWriter, "commit", overtaken)
+    with pytest.raises(TabbertError, match="exists and is not empty"):
+        prepare_table(three_entity_table, out, seed=2)
+    assert PreparedDataset(out).meta["split"]["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
 def test_empty_table_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import make_table
+from conftest import flip_weight_bytes, make_table
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -123,6 +124,48 @@ def test_resumed_run_reaches_the_uninterrupted_weights(card_data, tmp_path):
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert resumed["val_loss"] == whole["val_loss"]
     assert resumed["train_loss_history"] == whole["train_loss_history"]
+    # 16 windows a step: this session trained steps 5 to 12, the run all 12
+    assert whole["resumed_from_step"] is None and whole["windows_trained"] == whole["windows_trained_total"] == 192
+    assert resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained"] == 128 and resumed["windows_trained_total"] == 192
+
+
+def test_resume_from_a_checkpoint_without_a_window_count(card_data, tmp_path):
+    settings = dict(TINY, max_steps=8, save_steps=4, seed=3)
+    run = tmp_path / "run"
+    pretrain(card_data, run, callbacks=[StopAt(6)], **settings)
+    state_file = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["WindowCount"]  # as written before windows were counted
+    state_file.write_text(json.dumps(state))
+    resumed = pretrain(card_data, run, resume=True, **settings)
+    assert resumed["steps"] == 8 and resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained"] == 64 and resumed["windows_trained_total"] is None
+
+
+def test_resume_skips_a_checkpoint_written_half(card_data, tmp_path):
+    settings = dict(TINY, max_steps=12, save_steps=4, seed=3)
+    run = tmp_path / "run"
+    pretrain(card_data, run, callbacks=[StopAt(10)], **settings)
+    # killed while writing checkpoint-8: the trainer state, written last, is missing
+    (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").unlink()
+    with pytest.warns(UserWarning, match="checkpoint-8: incomplete checkpoint"):
+        resumed = pretrain(card_data, run, resume=True, **settings)
+    assert resumed["steps"] == 12 and resumed["resumed_from_step"] == 4
+    assert resumed["windows_trained_total"] == 12 * 16
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8"]
+    assert (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+
+
+def test_saved_weights_carry_their_digest_and_embed_checks_it(run_dir, card_data, tmp_path):
+    record = json.loads((run_dir / "model" / "weights.sha256.json").read_text())
+    assert record["sha256"] == hashlib.sha256((run_dir / "model" / "model.safetensors").read_bytes()).hexdigest()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir / "model", damaged)
+    flip_weight_bytes(damaged)
+    with pytest.raises(ArtifactError, match="the file is corrupt .*SHA-256"):
+        write_embeddings(damaged, card_data, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_same_seed_same_result_and_flat_variant(card_data, tmp_path):
@@ -184,6 +227,23 @@ def test_embed_writes_window_and_row_embeddings(run_dir, card_data, tmp_path):
     np.testing.assert_allclose(np.stack(first_val["last"].to_numpy()), hidden[:, -1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.stack(first_val["mean"].to_numpy()), hidden.mean(axis=1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.stack(rows["embedding"].to_numpy()[: data.seq_len]), hidden[0], rtol=1e-5, atol=1e-6)
+
+
+def test_embed_out_is_a_new_file_unless_overwrite(run_dir, card_data, tmp_path, capsys):
+    out = tmp_path / "embeddings.parquet"
+    out.write_bytes(b"keep me")
+    command = ["embed", "--model", str(run_dir), "--data", str(card_data), "--split", "val", "--out", str(out)]
+    assert main(command) == 2
+    assert "embeddings.parquet: exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main([*command, "--overwrite"]) == 0
+    assert pl.read_parquet(out).height == len(PreparedDataset(card_data).windows("val"))
+    capsys.readouterr()
+    assert main(["embed", "--model", str(run_dir), "--data", str(card_data), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "is a directory" in error
+    with pytest.raises(TabbertError, match="is a directory"):
+        write_embeddings(run_dir, card_data, tmp_path, overwrite=True)
 
 
 def test_embed_refuses_a_model_of_another_schema(card_data, tmp_path, capsys):

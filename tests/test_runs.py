@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import flip_weight_bytes
 
 from tabbert.cli import main
 from tabbert.data.tokenizer import PAD_ID
@@ -86,6 +88,12 @@ def corrupt_config(model_dir: Path) -> None:
     (model_dir / "config.json").write_text("{not json")
 
 
+def extra_layer_config(model_dir: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
 def mismatched_config(model_dir: Path) -> None:
     config = json.loads((model_dir / "config.json").read_text())
     config["field_hidden"] *= 2
@@ -155,6 +163,33 @@ def test_a_broken_model_is_the_same_error_everywhere(workdir, pretrain_run, fine
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and errors[2] == errors[3]
     assert not (workdir / "never").exists() and not (workdir / "never.parquet").exists()
+
+
+def test_saved_weights_carry_their_digest_and_damage_is_found(workdir, finetune_run, fraud_cards, fraud_card_csv,
+                                                              capsys):
+    record = json.loads((finetune_run / "model" / "weights.sha256.json").read_text())
+    weights = (finetune_run / "model" / "model.safetensors").read_bytes()
+    assert record == {"file": "model.safetensors", "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+    damaged = _broken_copy(finetune_run, workdir, flip_weight_bytes)
+    for attempt in (lambda: load_run(damaged), lambda: evaluate(damaged, fraud_cards.path),
+                    lambda: predict(damaged, fraud_card_csv)):
+        with pytest.raises(ArtifactError, match="model.safetensors: the file is corrupt .*SHA-256"):
+            attempt()
+    assert main(["evaluate", "--model", str(damaged), "--data", str(fraud_cards.path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and "SHA-256" in error and "Traceback" not in error
+
+
+def test_weights_that_do_not_fit_the_config_are_one_error_line(workdir, pretrain_run, fraud_cards, capfd):
+    where = workdir / "one-line"
+    where.mkdir()
+    for damage in (mismatched_config, extra_layer_config):
+        broken = _broken_copy(pretrain_run, where, damage)
+        out = where / "embeddings.parquet"
+        assert main(["embed", "--model", str(broken), "--data", str(fraud_cards.path), "--out", str(out)]) == 2
+        captured = capfd.readouterr()
+        assert captured.err.startswith("error:") and "weights do not match config.json" in captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and not captured.out and not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- compatibility

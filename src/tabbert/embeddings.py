@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tabbert.atomic import atomic_path
+from tabbert.atomic import atomic_path, check_output_file
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
@@ -35,15 +35,17 @@ EMBED_BATCH_SIZE = 256
 
 def write_embeddings(model_dir: str | Path, data_dir: str | Path, out: str | Path, *, split: str = "all",
                      level: str = "window", batch_size: int = EMBED_BATCH_SIZE, device: str | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, overwrite: bool = False) -> dict:
     """Embed the windows of ``split`` with the encoder of a pre-training run (``RUN`` or ``RUN/model``);
-    write the Parquet ``out``. Returns counts: ``windows``, ``records`` and ``hidden_size``."""
+    write the Parquet ``out`` (an existing file only when ``overwrite``). Returns counts: ``windows``,
+    ``records`` and ``hidden_size``."""
     if level not in LEVELS:
         raise TabbertError(f"unknown level {level!r}; choose from {LEVELS}")
     if split not in SPLIT_CHOICES:
         raise TabbertError(f"unknown split {split!r}; choose from {SPLIT_CHOICES}")
     if batch_size < 1:
         raise TabbertError(f"the batch size must be at least 1, got {batch_size}")
+    check_output_file(out, overwrite=overwrite)
     data = PreparedDataset(data_dir)
     run = load_run(model_dir, expect="encoder")
     check_compatible(run, data)

@@ -5,13 +5,14 @@ from :mod:`tabbert.training`.
 
 Runs
 ----
-``pretrain`` and ``finetune`` write ``RUN/model/`` (``config.json``, ``model.safetensors`` and
-``tokenizer.json``) and ``RUN/metrics.json``. :func:`load_run` takes ``RUN`` or ``RUN/model``
-by one rule: a directory that holds ``config.json`` is the model directory, else its ``model/``
-subdirectory is; the run directory is the model directory's parent when the model directory is
-named ``model``, else the model directory itself. The ``model_type`` in ``config.json`` says
-what is loaded: the TabBERT encoder of a pre-training run, or a fine-tuned model (the class of
-its ``encoder_kind``). A missing, corrupt or foreign file is an
+``pretrain`` and ``finetune`` write ``RUN/model/`` (``config.json``, ``model.safetensors``,
+``weights.sha256.json`` and ``tokenizer.json``) and ``RUN/metrics.json``. :func:`load_run` takes
+``RUN`` or ``RUN/model`` by one rule: a directory that holds ``config.json`` is the model directory,
+else its ``model/`` subdirectory is; the run directory is the model directory's parent when the
+model directory is named ``model``, else the model directory itself. The ``model_type`` in
+``config.json`` says what is loaded: the TabBERT encoder of a pre-training run, or a fine-tuned
+model (the class of its ``encoder_kind``). Weights that differ from their recorded SHA-256
+(:mod:`tabbert.integrity`), or a missing, corrupt or foreign file, is an
 :class:`~tabbert.errors.ArtifactError` naming it, whichever command loads the run.
 
 Windows
@@ -28,17 +29,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.integrity import check_weights_digest
 from tabbert.models.classifier import (
     SequenceHeadModel,
     TabBertClassifierConfig,
@@ -48,6 +51,7 @@ from tabbert.models.classifier import (
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel
+from tabbert.progress import track
 
 # what a model directory holds, by the model_type of its config.json: the run kind and how to name it
 KINDS = {TabBertConfig.model_type: ("encoder", "pre-trained TabBERT"),
@@ -140,18 +144,33 @@ def _load_weights(model_class: type[PreTrainedModel], model_dir: Path, what: str
     weights_file = model_dir / "model.safetensors"
     if not weights_file.is_file():
         raise ArtifactError(f"{weights_file}: missing")
+    check_weights_digest(model_dir)
     try:
-        with without_progress_bars():
-            model, info = model_class.from_pretrained(model_dir, output_loading_info=True)
+        with without_progress_bars(), quiet_transformers():
+            # mis-shaped weights are listed in the loading info (and refused below) rather than raised
+            model, info = model_class.from_pretrained(model_dir, output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as exc:  # safetensors, torch and transformers each raise their own types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(
             f"{model_dir}: cannot load the {what} model, the files are corrupt or incomplete ({reason})"
         ) from exc
-    broken = sorted(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
+    broken = sorted(info.get("missing_keys", ())) + [str(k[0] if isinstance(k, tuple) else k)
+                                                     for k in info.get("mismatched_keys", ())]
     if broken:
         raise ArtifactError(f"{weights_file}: weights do not match config.json (missing or mis-shaped: {broken[:5]})")
     return model
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Keep transformers' loading report (missing and mis-shaped weights) off the output; the
+    ArtifactError that follows names what is wrong."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def check_compatible(run: Run, data: PreparedDataset) -> None:
@@ -235,7 +254,7 @@ def forward_batches(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     The inputs and mask of a batch are moved to ``device``; each output is yielded as the step returns it.
     """
     batches = range(0, n_windows, batch_size)
-    for begin in tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False):
+    for begin in track(batches, description=description, enabled=progress):
         inputs, mask = gather(begin, min(begin + batch_size, n_windows))
         with torch.inference_mode():
             yield step(torch.as_tensor(inputs).to(device), None if mask is None else torch.as_tensor(mask).to(device))

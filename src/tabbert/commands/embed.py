@@ -16,6 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pre-training run, RUN or RUN/model")
     parser.add_argument("--data", required=True, help="prepared dataset directory made with the model's tokenizer")
     parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="all", help="windows to embed (default all)")
     parser.add_argument("--level", choices=LEVELS, default="window",
                         help="window: last-row and mean vectors per window (default); "
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     compute = ComputeOptions.from_arguments(args)
     use_threads(compute.threads)
     summary = write_embeddings(args.model, args.data, args.out, split=args.split, level=args.level,
-                               batch_size=args.batch_size, device=compute.device)
+                               batch_size=args.batch_size, device=compute.device,
+                               overwrite=args.overwrite)
     print(f"{summary['records']:,} {args.level} embeddings of width {summary['hidden_size']} "
           f"({summary['windows']:,} windows) written to {args.out}")
     return 0

@@ -26,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="fine-tuning run directory, or its model/ subdirectory")
     parser.add_argument("--input", required=True, help="raw rows to score: CSV, .csv.gz or Parquet (a folder for prsa)")
     parser.add_argument("--out", required=True, help="output CSV file")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     parser.add_argument("--source", choices=SOURCES, help="input format (default: the format the model was trained on)")
     parser.add_argument("--schema", help="schema file for --source generic (default: the one stored with the model; "
                         "a file that differs from it is an error)")
@@ -35,10 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tabbert.atomic import check_output_file
     from tabbert.inference import score_table, write_scores
     from tabbert.options import ComputeOptions
     from tabbert.threads import use_threads
 
+    check_output_file(args.out, overwrite=args.overwrite)
     compute = ComputeOptions.from_arguments(args)
     use_threads(compute.threads)
     prediction = score_table(args.model, args.input, source=args.source, schema=args.schema, threshold=args.threshold,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Self
 
 import numpy as np
 
-from tabbert.atomic import give_usual_mode, write_json_atomic
+from tabbert.atomic import remove_stale_staging, staging_dir, write_json_atomic
 from tabbert.data.codes import categorical_fields
 from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
 from tabbert.data.windows import (
@@ -252,18 +251,19 @@ def check_output_dir(out: Path) -> None:
 class PreparedWriter:
     """Writes a prepared dataset part by part, as each is ready; all of it or nothing.
 
-    Parts are written into a temporary sibling directory on background threads, so that writing
-    overlaps the work that computes the next parts. :meth:`commit` waits for them, writes
-    ``meta.json`` last and renames the directory into place; leaving the ``with`` block without
-    a commit (an error anywhere) removes the temporary directory.
+    Parts are written into a staging sibling directory (:func:`~tabbert.atomic.staging_dir`) on
+    background threads, so that writing overlaps the work that computes the next parts.
+    :meth:`commit` waits for them, writes ``meta.json`` last and renames the directory into place;
+    leaving the ``with`` block without a commit (an error anywhere) removes the staging directory.
+    Staging directories that a killed writer left behind are removed when the next one starts. When
+    two writers race for one ``out``, the one that renames second gets the "not empty" error.
     """
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
         check_output_dir(self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
-        give_usual_mode(self._staging)
+        remove_stale_staging(self.out)
+        self._staging = staging_dir(self.out)
         self._pool = ThreadPoolExecutor(max_workers=WRITING_THREADS)
         self._writes: list[Future] = []
         self._tokenizer: TabularTokenizer | None = None
@@ -288,9 +288,14 @@ class PreparedWriter:
         for write in self._writes:
             write.result()  # the first failed write raises here
         write_json_atomic(self._staging / "meta.json", {"format_version": FORMAT_VERSION, **meta})
-        if self.out.exists():
-            self.out.rmdir()
-        os.rename(self._staging, self.out)
+        try:
+            if self.out.is_dir():
+                self.out.rmdir()  # an empty directory is replaced; a filled one means another writer won
+            os.rename(self._staging, self.out)
+        except OSError as exc:
+            if self.out.exists():
+                check_output_dir(self.out)
+            raise TabbertError(f"cannot write {self.out}: {exc.strerror or exc}") from exc
         self._committed = True
         return PreparedDataset(self.out, tokenizer=self._tokenizer)
 

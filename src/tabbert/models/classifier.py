@@ -46,6 +46,7 @@ from transformers.utils import logging as transformers_logging
 from tabbert.atomic import give_usual_mode
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError
+from tabbert.integrity import record_weights_digest
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel, TabBertPreTrainedModel
 from tabbert.options import ENCODERS, LOSSES, TASKS
@@ -315,6 +316,7 @@ def save_classifier(model: SequenceHeadModel, tokenizer: TabularTokenizer, path:
         with without_progress_bars():
             model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
+        record_weights_digest(staging)
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -76,6 +76,7 @@ from tabbert.models.classifier import SequenceHeadModel, TabBertForSequenceClass
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.options import CLASSIFICATION_METRICS, FinetuneOptions
 from tabbert.plots import plot_training_curve
+from tabbert.progress import track
 from tabbert.threads import use_threads
 from tabbert.runs import (
     check_compatible,
@@ -368,7 +369,7 @@ def train_epoch(model: SequenceHeadModel, data: PreparedDataset, split: PointSpl
     n_batches = math.ceil(len(order) / batch_size)
     total = torch.zeros((), device=device)
     interval, interval_batches = torch.zeros((), device=device), 0
-    for batch in tqdm(range(n_batches), desc=description, unit="batch", disable=not progress, leave=False):
+    for batch in track(range(n_batches), description=description, enabled=progress):
         index = order[batch * batch_size:(batch + 1) * batch_size]
         labels = torch.from_numpy(split.truth[index]).to(device)
         if split.states is not None:

@@ -10,12 +10,16 @@ A run directory holds everything one pre-training run writes::
     RUN/loss_curve.png    training and validation loss against the step
 
 Each step masks field tokens the BERT way (:class:`~tabbert.data.collate.MaskedFieldCollator`).
-Masks are drawn from a generator seeded by (seed, process, step), not from the global random
-state, so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the
-same final weights. Validation masks are drawn from a fixed seed, so every epoch is scored on
-the same masked positions. For each field the report gives the accuracy of the model on the
-masked tokens next to the accuracy of always guessing the field's most frequent training value:
-a field whose accuracy does not beat that baseline has not been learned.
+Masks are drawn from a generator seeded by (seed, process, step), not from the global random state,
+so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the same final
+weights. A resume starts from the newest *complete* checkpoint: one that a killed run left
+half-written is removed and written again. In ``metrics.json``, ``windows_trained`` (and the speed)
+count this session's windows, ``windows_trained_total`` the whole run's (null when a checkpoint
+written before windows were counted leaves it unknown), and ``resumed_from_step`` is the step the
+session resumed from (null: a fresh run). Validation masks are drawn from a fixed seed, so every
+epoch is scored on the same masked positions. For each field the report gives the accuracy of the
+model on the masked tokens next to the accuracy of always guessing the field's most frequent
+training value: a field whose accuracy does not beat that baseline has not been learned.
 
 The same code runs on one process or many: under ``torchrun --nproc_per_node N`` the Trainer
 shards the batches and only the main process writes the run's files.
@@ -23,6 +27,7 @@ shards the batches and only the main process writes the run's files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -41,22 +46,29 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState, PrinterCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tabbert.atomic import give_usual_mode, write_json_atomic
 from tabbert.data.collate import IGNORE_INDEX, MaskedFieldCollator, WindowDataset, stack_windows
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.integrity import record_weights_digest
+from tabbert.models.classifier import without_progress_bars
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
+from tabbert.progress import SparseProgressCallback, interactive
 from tabbert.reporting import format_table
 from tabbert.runs import choose_device
 from tabbert.threads import use_threads
 
 _TRAIN_MASKS, _EVAL_MASKS = 0, 1
+# what a Trainer checkpoint must hold to resume from it (rng_state*.pth is optional)
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", TRAINER_STATE_NAME)
 # the columns of the per-window statistics gathered during evaluation
 _MASKED, _CORRECT, _MAJORITY_HITS, _LOSS = range(4)
 
@@ -132,6 +144,27 @@ def metric_key(name: str) -> str:
     return re.sub(r"\W+", "_", name).strip("_")
 
 
+class WindowCount(TrainerCallback, ExportableState):
+    """The windows this process has trained on since the run began, kept in every checkpoint's
+    ``trainer_state.json`` so that a resumed run goes on counting. ``from_start`` is False after
+    a resume from a checkpoint that holds no count (the windows before it are unknown)."""
+
+    def __init__(self, windows: int = 0, from_start: bool = True):
+        self.windows = windows
+        self.from_start = from_start
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"windows": self.windows}}
+
+    @classmethod
+    def from_trainer_state(cls, trainer_state: dict) -> WindowCount:
+        """The count saved in a checkpoint's ``trainer_state.json`` (``{}``: a new run)."""
+        if not trainer_state:
+            return cls()
+        saved = trainer_state.get("stateful_callbacks", {}).get(cls.__name__, {}).get("attributes", {})
+        return cls(int(saved.get("windows", 0)), from_start="windows" in saved)
+
+
 class TensorBoardLogs(TensorBoardCallback):
     """TensorBoard event files in a fixed directory of the run instead of a dated one."""
 
@@ -149,11 +182,14 @@ class MaskedFieldTrainer(Trainer):
         majority: each field's most frequent local id on the training rows, for the baseline.
         field_names: names of the fields, for the report.
         mask_seed: root of the seeds of all masks.
+        window_count: the run's count of trained windows (``windows_trained`` counts this session's).
     """
 
     def __init__(self, *args, masker: MaskedFieldCollator, majority: np.ndarray, field_names: Sequence[str],
-                 mask_seed: int, **kwargs):
+                 mask_seed: int, window_count: WindowCount, **kwargs):
         super().__init__(*args, **kwargs)
+        self.window_count = window_count
+        self.add_callback(window_count)
         self.masker = masker
         self.majority = torch.as_tensor(majority, dtype=torch.long)
         self.field_names = list(field_names)
@@ -175,9 +211,15 @@ class MaskedFieldTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.windows_trained += int(inputs["input_ids"].shape[0])
+        self.window_count.windows += int(inputs["input_ids"].shape[0])
         inputs = self._prepare_inputs(inputs)
         generator = self._generator(_TRAIN_MASKS, self.state.global_step, inputs["input_ids"].device)
         return super().training_step(model, self._mask(inputs, generator), num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # a run resumed from a checkpoint written before windows were counted has no entry to update
+        self.state.stateful_callbacks.setdefault(type(self.window_count).__name__, {})
+        super()._save_checkpoint(model, trial)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Validation loss and masked accuracy per field, with the majority-value baseline."""
@@ -252,6 +294,37 @@ def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
         raise TabbertError(f"{out}: a resumed run needs the settings it was started with ({listing})")
 
 
+def complete_checkpoint(folder: Path) -> bool:
+    """Whether a Trainer checkpoint holds every file a resume reads; ``trainer_state.json`` is written last."""
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text())
+    except ValueError:
+        return False
+    return True
+
+
+def resume_checkpoint(checkpoints: Path, *, remove_incomplete: bool) -> Path | None:
+    """The newest complete checkpoint in ``checkpoints`` (None: there is none).
+
+    Newer, incomplete checkpoints (a run killed while writing one) are skipped with a warning, and
+    removed when ``remove_incomplete`` (the main process), so that training writes them again.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = [(int(match[1]), path) for path in checkpoints.iterdir()
+             if path.is_dir() and (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name))]
+    for _, path in sorted(found, reverse=True):
+        if complete_checkpoint(path):
+            return path
+        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while writing it); "
+                      f"{'removed, ' if remove_incomplete else ''}resuming from an older one", stacklevel=2)
+        if remove_incomplete:
+            shutil.rmtree(path)
+    return None
+
+
 def replace_directory(staging: Path, target: Path) -> None:
     """Move a completed ``staging`` directory to ``target``, replacing an older one."""
     if target.exists():
@@ -268,8 +341,10 @@ def save_model(model: TabBertForMaskedFieldModeling, tokenizer: TabularTokenizer
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     try:
         give_usual_mode(staging)
-        model.save_pretrained(staging)
+        with without_progress_bars():
+            model.save_pretrained(staging)
         tokenizer.save(staging / "tokenizer.json")
+        record_weights_digest(staging)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -296,7 +371,7 @@ def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) 
         seed=options.seed,
         bf16=options.bf16,
         use_cpu=choose_device(options.device).type == "cpu",
-        disable_tqdm=False,
+        disable_tqdm=not interactive(),  # a bar on a terminal; else SparseProgressCallback's lines
         remove_unused_columns=False,
         dataloader_pin_memory=choose_device(options.device).type == "cuda",
         ddp_find_unused_parameters=False,
@@ -311,7 +386,7 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     ``size`` is a named size (``tiny``, ``small``, ``paper``), and the size overrides
     (``hidden_size``, ``num_hidden_layers``, ...) or any other setting given by name change single
     configuration values. Training runs ``epochs`` epochs, or ``max_steps`` optimizer steps when
-    positive. With ``resume`` an interrupted run continues from its newest checkpoint; it must be
+    positive. With ``resume`` an interrupted run continues from its newest complete checkpoint; it must be
     given the same settings. ``bf16`` uses bfloat16 autocast when a CUDA device is present.
     ``callbacks`` are extra :class:`~transformers.TrainerCallback` objects.
 
@@ -342,7 +417,9 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     # every process inspects the run directory before the main process writes into it
     prepare_run_dir(out, settings, options.resume)
     args.distributed_state.wait_for_everyone()
-    checkpoint = get_last_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+    checkpoint = resume_checkpoint(out / "checkpoints", remove_incomplete=args.process_index == 0)
+    resumed = {} if checkpoint is None else json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    args.distributed_state.wait_for_everyone()
     if args.process_index == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
@@ -355,15 +432,20 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         model=TabBertForMaskedFieldModeling(config), args=args, data_collator=collate_windows, train_dataset=train,
         eval_dataset=val if len(val) else None, callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
         masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
-        mask_seed=options.seed,
+        mask_seed=options.seed, window_count=WindowCount.from_trainer_state(resumed),
     )
+    if args.disable_tqdm:  # the Trainer then prints every log entry; a line at every tenth of the run is enough
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(SparseProgressCallback())
     train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with without_progress_bars() if args.disable_tqdm else contextlib.nullcontext():  # checkpoints' "Writing" bars
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     train_seconds = time.perf_counter() - train_started - trainer.evaluation_seconds
     if len(val) and (trainer.last_evaluation is None or trainer.last_evaluation["step"] != trainer.state.global_step):
         trainer.evaluate()
 
-    metrics = _run_metrics(trainer, data, config, settings, train_seconds, started)
+    metrics = _run_metrics(trainer, data, config, settings, train_seconds, started,
+                           resumed_from_step=resumed.get("global_step"))
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out / "model")
         plot_loss_curves(trainer.state.log_history, out / "loss_curve.png",
@@ -385,7 +467,7 @@ def _options(options: PretrainOptions | None, settings: dict) -> PretrainOptions
 
 
 def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: TabBertConfig, settings: dict,
-                 train_seconds: float, started: float) -> dict:
+                 train_seconds: float, started: float, *, resumed_from_step: int | None) -> dict:
     world_size = trainer.args.world_size
     history = trainer.state.log_history
     train_losses = [[entry["step"], entry["loss"]] for entry in history if "loss" in entry]
@@ -416,7 +498,9 @@ def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: Tab
              "val_masked_accuracy": entry["eval_masked_accuracy"]}
             for entry in history if "eval_loss" in entry
         ],
+        "resumed_from_step": resumed_from_step,
         "windows_trained": windows,
+        "windows_trained_total": trainer.window_count.windows * world_size if trainer.window_count.from_start else None,
         "windows_per_second": windows / train_seconds if train_seconds > 0 else None,
         "train_seconds": round(train_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),

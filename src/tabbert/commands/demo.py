@@ -11,7 +11,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from tabbert.options import ComputeOptions, add_arguments
 
     parser.add_argument("--out", help="new run directory (default runs/demo-<date>-<time>)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step in about 30 seconds")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step in about a minute")
     parser.add_argument("--users", type=int, help="card holders to generate (default 300; 60 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, splits and training (default 0)")
     parser.add_argument("--pretrain-steps", type=int, help="pre-training steps (default 600; 120 with --quick)")

@@ -108,7 +108,7 @@ def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False
             raise ArtifactError(f"{model_dir}: a LightGBM run (load it with tabbert.baselines.rows.RowModel), "
                                 "not a TabBERT model")
         raise ArtifactError(f"{model_dir}: not a model directory (no config.json)")
-    config = _read_json(config_file)
+    config = read_json_object(config_file)
     model_type = config.get("model_type")
     if model_type not in KINDS or expect is not None and KINDS[model_type][0] != expect:
         wanted = KINDS[MODEL_TYPES[expect]][1] if expect else "tabbert"
@@ -124,11 +124,11 @@ def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False
     model = _load_weights(model_class, model_dir, what)
     tokenizer = TabularTokenizer.load(model_dir / "tokenizer.json")
     metrics_file = run_dir / "metrics.json"
-    metrics = _read_json(metrics_file) if metrics_file.is_file() else None
+    metrics = read_json_object(metrics_file) if metrics_file.is_file() else None
     return Run(run_dir, model_dir, kind, model.eval(), tokenizer, metrics)
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     """A JSON object from ``path``; ArtifactError when it is not one."""
     try:
         content = json.loads(path.read_text())

@@ -17,7 +17,6 @@ output at the row (``embeddings``) and columns of an array aligned with the prep
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tabbert.data.schema import ENTITY, ROW
 from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.data.windows import SPLITS, assign_entities, assign_random
 from tabbert.errors import ArtifactError, TabbertError
+from tabbert.runs import read_json_object
 
 MODEL_FILE = "model.txt"
 FEATURES_FILE = "features.json"
@@ -43,7 +43,7 @@ def is_row_run(path: str | Path) -> bool:
     path = Path(path)
     if not (path / MODEL_FILE).is_file() or not (path / FEATURES_FILE).is_file():
         return False
-    return _read(path / FEATURES_FILE).get("kind") == "history"
+    return read_json_object(path / FEATURES_FILE).get("kind") == "history"
 
 
 def row_splits(data: PreparedDataset) -> np.ndarray:
@@ -165,7 +165,7 @@ class RowModel:
         if not is_row_run(path):
             raise ArtifactError(f"{path}: not a row-level LightGBM run (no model.txt, or features.json not of "
                                 "kind history)")
-        saved = _read(path / FEATURES_FILE)
+        saved = read_json_object(path / FEATURES_FILE)
         tokenizer = TabularTokenizer.load(path / TOKENIZER_FILE)
         try:
             booster = lgb.Booster(model_file=str(path / MODEL_FILE))
@@ -248,13 +248,3 @@ def predict_rows(run_path: str | Path, data, *, source: str | None = None, schem
                "total": scored - started}
     return Prediction(pl.DataFrame(columns), entities=len(rows.entity_offsets) - 1, padded_rows=0, unseen=rows.unseen,
                       dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
-
-
-def _read(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(content, dict):
-        raise ArtifactError(f"{path}: unreadable (not a JSON object)")
-    return content

@@ -18,6 +18,7 @@ COMPUTING = {
     "predict": ["--model", "m", "--input", "i", "--out", "o"],
     "embed": ["--model", "m", "--data", "d", "--out", "o"],
     "demo": [],
+    "anomaly": ["--model", "m", "--data", "d", "--out", "o.npy"],
 }
 
 
@@ -25,6 +26,18 @@ COMPUTING = {
 def test_every_computing_command_takes_threads_and_device(command):
     args = build_parser(command).parse_args([command, *COMPUTING[command], "--threads", "3", "--device", "cpu"])
     assert (args.threads, args.device) == (3, "cpu")
+
+
+def test_prepare_takes_threads_and_gives_the_same_dataset_with_any(tmp_path, fraud_card_csv):
+    from tabbert.data.preparation import prepare
+
+    args = build_parser("prepare").parse_args(["prepare", "--input", "i", "--out", "o", "--source", "card",
+                                               "--threads", "3"])
+    assert args.threads == 3
+    one = prepare("card", fraud_card_csv, tmp_path / "one", threads=1).path
+    two = prepare("card", fraud_card_csv, tmp_path / "two", threads=2).path
+    for array in sorted(one.glob("*.npy")):
+        assert array.read_bytes() == (two / array.name).read_bytes(), array.name
 
 
 def test_device_names():

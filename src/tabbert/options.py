@@ -232,6 +232,9 @@ class PrepareOptions(Options):
                                                    help="card: time fields to derive (default hour weekday gap; "
                                                    "'timestamp' is the reference's)")
     seed: int = option(0, help="seed of the split")
+    threads: int | None = threads_option(help="threads that fit the fields and derive the recency fields (default 2, "
+                                         "or 1 when the machine is busy); prepare runs no model, so it has no "
+                                         "--device")
 
     def check(self) -> None:
         split_fractions(self.fractions)

@@ -26,6 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", action="store_true",
                         help="also write the encoder's output at the masked row (the history's expectation of it)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: torch's, or the cores left free when the machine is busy)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
@@ -42,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from tabbert.metrics import classification_metrics
     from tabbert.reporting import format_table
 
+    from tabbert.threads import use_threads
+
+    use_threads(args.threads)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise TabbertError(f"{out}: exists; choose a new --out or give --overwrite")

@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.codes import raw_codes
-from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
 from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
+from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.recency import with_recency
 from tabbert.data.schema import ROW, Table, TableSchema
 from tabbert.data.sources import read_source
@@ -37,6 +37,7 @@ from tabbert.data.windows import (
 )
 from tabbert.errors import DataError, TabbertError
 from tabbert.options import PrepareOptions
+from tabbert.threads import resolve_threads
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 FIT_THREADS = 2  # fields fitted and encoded at once: Polars and NumPy release the GIL
@@ -95,21 +96,22 @@ def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOpt
         return prepare_table(
             table, out, seq_len=options.seq_len, stride=options.stride, split=options.split,
             fractions=options.fractions, cutoffs=options.cutoffs, seed=options.seed, source_info=source_info,
-            digest=digest, started=started,
+            digest=digest, started=started, threads=resolve_threads(options.threads) or FIT_THREADS,
         )
 
 
 def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: int = 5, split: str = "entity",
                   fractions=DEFAULT_FRACTIONS, cutoffs=None, seed: int = 0, source_info: dict | None = None,
-                  digest=None, started: float | None = None) -> PreparedDataset:
-    """Prepare an already-read :class:`Table` (see :func:`prepare` for the options)."""
+                  digest=None, started: float | None = None, threads: int = FIT_THREADS) -> PreparedDataset:
+    """Prepare an already-read :class:`Table` (see :func:`prepare` for the options); ``threads`` fit
+    the fields and derive the recency fields."""
     started = time.perf_counter() if started is None else started
     _check_options(out, seq_len, stride, split, fractions)
     if table.frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
     table.check_time_features()
     with PreparedWriter(out) as writer:
-        meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed)
+        meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed, threads)
         meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
         if digest is not None:
             meta["source"]["sha256"] = digest.result()
@@ -146,7 +148,8 @@ class _Ordered(NamedTuple):
         return time_feature(name, self.rows.times, self.rows.entity_offsets)
 
 
-def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed) -> dict:
+def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed,
+                   threads: int = FIT_THREADS) -> dict:
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
 
     A second thread sorts the rows, then gathers and writes the raw values, labels and window
@@ -194,8 +197,8 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
         if schema.recency:  # the recency fields need the row order before the fields are fitted
             order = ordering.result().rows.order
-            frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order)
-        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering)
+            frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order, threads=threads)
+        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering, threads)
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
         value_columns, windows, label_stats = rest.result()
@@ -232,7 +235,7 @@ def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter
 
 
 def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray,
-                ordering: Future[_Ordered]) -> tuple[TabularTokenizer, np.ndarray]:
+                ordering: Future[_Ordered], threads: int = FIT_THREADS) -> tuple[TabularTokenizer, np.ndarray]:
     """The tokenizer fitted on ``train_rows`` and the ids of every row in order, from one pass over each field.
 
     The ids are those ``TabularTokenizer(schema).fit(frame, train_rows).encode(frame)`` gives, in
@@ -260,7 +263,7 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
     slow = [j for j, encoder in enumerate(encoders) if isinstance(encoder, CategoricalEncoder)
             and not isinstance(frame.schema[encoder.source], (pl.Categorical, pl.Enum))]
     start_order = slow + [j for j in range(len(encoders)) if j not in slow]
-    with ThreadPoolExecutor(max_workers=FIT_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         fitted = dict(zip(start_order, pool.map(fit_field, [encoders[j] for j in start_order])))
         field_ids = [fitted[j] for j in range(len(encoders))]
         tokenizer = TabularTokenizer(schema, encoders)

@@ -37,7 +37,8 @@ def recency_name(field: str) -> str:
     return PREFIX + field
 
 
-def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None = None) -> pl.DataFrame:
+def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None = None, *,
+                 threads: int = THREADS) -> pl.DataFrame:
     """``frame`` with a ``recency.<name>`` column (an Enum of :data:`LEVELS`) for each of ``schema.recency``.
 
     ``order`` is the permutation that puts the rows in entity-then-time order, when the caller
@@ -60,7 +61,7 @@ def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | N
         return pl.Series(recency_name(name), levels).replace_strict(
             list(range(len(LEVELS))), list(LEVELS), default=None, return_dtype=pl.Enum(LEVELS))
 
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:  # the sorts release the GIL
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # the sorts release the GIL
         return frame.with_columns(list(pool.map(column, schema.recency)))
 
 

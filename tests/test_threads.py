@@ -8,7 +8,7 @@ import torch
 from tabbert import threads
 from tabbert.cli import build_parser
 from tabbert.errors import TabbertError
-from tabbert.options import ComputeOptions, FinetuneOptions, PretrainOptions
+from tabbert.options import ComputeOptions, FinetuneOptions, PrepareOptions, PretrainOptions
 
 COMPUTING = {
     "pretrain": ["--data", "d", "--out", "o"],
@@ -32,8 +32,10 @@ def test_prepare_takes_threads_and_gives_the_same_dataset_with_any(tmp_path, fra
     from tabbert.data.preparation import prepare
 
     args = build_parser("prepare").parse_args(["prepare", "--input", "i", "--out", "o", "--source", "card",
-                                               "--threads", "3"])
-    assert args.threads == 3
+                                               "--threads", "3", "--device", "cpu"])
+    assert (args.threads, args.device) == (3, "cpu")
+    with pytest.raises(TabbertError, match="prepare runs on the CPU"):
+        PrepareOptions.create(source="card", device="cuda")
     one = prepare("card", fraud_card_csv, tmp_path / "one", threads=1).path
     two = prepare("card", fraud_card_csv, tmp_path / "two", threads=2).path
     for array in sorted(one.glob("*.npy")):

@@ -233,11 +233,13 @@ class PrepareOptions(Options):
                                                    "'timestamp' is the reference's)")
     seed: int = option(0, help="seed of the split")
     threads: int | None = threads_option(help="threads that fit the fields and derive the recency fields (default 2, "
-                                         "or 1 when the machine is busy); prepare runs no model, so it has no "
-                                         "--device")
+                                         "or 1 when the machine is busy)")
+    device: str = device_option(help="prepare runs on the CPU: auto or cpu (cuda is refused)")
 
     def check(self) -> None:
         split_fractions(self.fractions)
+        if self.device not in ("auto", "cpu"):
+            raise TabbertError(f"prepare runs on the CPU; --device {self.device} is not available to it")
 
     def reader_options(self) -> dict:
         """The options of the source's reader that differ from its defaults."""

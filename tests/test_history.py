@@ -24,6 +24,7 @@ from tabbert.evaluation import evaluate
 from tabbert.inference import score_table
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.thresholds import ValidationScores, resolve_threshold
 
 # One holder "u": shop x1 and x2 occur once each, below the vocabulary's min_count, so both become
 # [UNK] tokens; their raw codes still tell them apart. Rows 4 and 5 share a time.
@@ -162,6 +163,15 @@ def test_row_lightgbm_trains_evaluates_and_predicts_alike(cards, tmp_path):
     by_row = dict(zip(predicted["row"].to_list(), predicted["score"].to_list()))
     np.testing.assert_array_equal([by_row[r] for r in np.asarray(data.row_ids)[test_rows]], expected)
     assert predicted["predicted"].to_list() == (predicted["score"] >= metrics["threshold"]).cast(pl.Int8).to_list()
+
+    # threshold specs resolve on the validation scores the run stores, as for fine-tuned runs
+    stored = ValidationScores.load(run)
+    assert stored.scores.size == metrics["splits"]["val"]["n"]
+    by_fpr = evaluate(run, data.path, "test", threshold="fpr:0.01")
+    expected_threshold = resolve_threshold("fpr:0.01", stored)
+    assert (by_fpr["threshold"], by_fpr["threshold_spec"]) == (expected_threshold.value, "fpr:0.01")
+    flagged = score_table(run, frame, threshold="fpr:0.01").scores
+    assert flagged["predicted"].to_list() == (flagged["score"] >= expected_threshold.value).cast(pl.Int8).to_list()
 
 
 def test_embeddings_and_extra_features_are_appended(cards, tmp_path):

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 import pytest
 
 from tabbert.data.recency import NEVER, with_recency
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, SchemaError, TableSchema
+from tabbert.data.tokenizer import row_order
 
 SCHEMA = TableSchema(fields=(FieldSpec("shop", "categorical"), FieldSpec("amount", "numeric")),
                      recency=("shop", "hour"))
 START = dt.datetime(2020, 1, 1, 9)
+
+
+def recency(table: pl.DataFrame, schema: TableSchema) -> pl.DataFrame:
+    """The recency fields as prepare and predict derive them: in the tokenizer's row order."""
+    rows = row_order(table, schema)
+    return with_recency(table, schema, np.arange(table.height) if rows.order is None else rows.order)
 
 
 def frame(rows: list[tuple[str, float, str | None]]) -> pl.DataFrame:
@@ -29,7 +37,7 @@ def frame(rows: list[tuple[str, float, str | None]]) -> pl.DataFrame:
 def test_buckets_per_entity_and_value():
     rows = [("a", 0, "s1"), ("a", 0.5, "s1"), ("a", 30, "s1"), ("a", 31, "s2"), ("a", 24 * 400, "s1"),
             ("b", 0.25, "s1"), ("a", 32, None)]
-    result = with_recency(frame(rows), SCHEMA).sort(ROW)
+    result = recency(frame(rows), SCHEMA).sort(ROW)
     assert result["recency.shop"].cast(pl.String).to_list() == [NEVER, "<1h", "<7d", NEVER, ">=1y", NEVER, None]
     # hour of day: 09:00, 09:30 (same hour, 30 min later), 15:00 next day (never at 15), ...
     assert result["recency.hour"].cast(pl.String).to_list()[:3] == [NEVER, "<1h", NEVER]
@@ -37,12 +45,12 @@ def test_buckets_per_entity_and_value():
 
 def test_only_earlier_rows_count_and_file_order_does_not_matter():
     rows = [("a", 0, "s1"), ("a", 2, "s1"), ("a", 2, "s2"), ("a", 3, "s2"), ("a", 2, "s3"), ("a", 4, "s3")]
-    base = with_recency(frame(rows), SCHEMA).sort(ROW)
+    base = recency(frame(rows), SCHEMA).sort(ROW)
     later_changed = frame(rows).with_columns(
         pl.when(pl.col(ROW) == 3).then(pl.lit("s9")).otherwise(pl.col("shop")).alias("shop"))
-    assert with_recency(later_changed, SCHEMA).sort(ROW)["recency.shop"][:3].to_list() == base["recency.shop"][:3].to_list()
+    assert recency(later_changed, SCHEMA).sort(ROW)["recency.shop"][:3].to_list() == base["recency.shop"][:3].to_list()
     for seed in range(5):
-        shuffled = with_recency(frame(rows).sample(fraction=1.0, shuffle=True, seed=seed), SCHEMA).sort(ROW)
+        shuffled = recency(frame(rows).sample(fraction=1.0, shuffle=True, seed=seed), SCHEMA).sort(ROW)
         assert shuffled.select("recency.shop", "recency.hour").equals(base.select("recency.shop", "recency.hour"))
 
 

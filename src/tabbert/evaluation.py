@@ -95,7 +95,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
 
     spec = ThresholdSpec.parse(threshold)
     if is_row_run(model_dir):
-        return evaluate_rows(model_dir, data_dir, split, batch_size=batch_size, device=device)
+        return evaluate_rows(model_dir, data_dir, split, threshold=spec, batch_size=batch_size, device=device)
     run = load_run(model_dir, expect="classifier")
     if run.model.config.task != "classification" and threshold is not None:
         raise TabbertError(f"{run.run_dir}: a threshold applies to classification models only")

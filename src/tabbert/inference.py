@@ -92,7 +92,8 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     from tabbert.baselines.rows import is_row_run, predict_rows
 
     if is_row_run(model_dir):
-        return predict_rows(model_dir, data, source=source, schema=schema, batch_size=batch_size, device=device)
+        return predict_rows(model_dir, data, source=source, schema=schema, threshold=threshold,
+                            batch_size=batch_size, device=device)
     started = time.perf_counter()
     run = load_run(model_dir, expect="classifier")
     chosen = run_threshold(run, threshold)
@@ -242,7 +243,7 @@ def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, s
         nulls = frame.get_column(column).is_null()
         if nulls.any():
             raise DataError(name, "missing value", column=column, row=int(frame.get_column(ROW).filter(nulls)[0]))
-    return tokenizer.with_recency(frame), dropped
+    return frame, dropped
 
 
 def training_schema(tokenizer: TabularTokenizer, schema: str | Path | None = None) -> GenericSchemaFile | str | Path:

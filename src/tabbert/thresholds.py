@@ -204,15 +204,21 @@ def _best_f1(scores: ValidationScores) -> Threshold:
 
 
 def run_threshold(run, spec: str | float | ThresholdSpec | None = None) -> Threshold | None:
-    """The threshold of ``spec`` for a loaded run (:func:`tabbert.runs.load_run`), on the validation
-    scores stored with it. None for a regression model, and for the default spec when the run
-    carries neither a saved threshold nor validation scores."""
+    """The threshold of ``spec`` for a loaded run (:func:`tabbert.runs.load_run`); see :func:`stored_threshold`."""
     config = run.model.config
-    if config.task != "classification":
+    return stored_threshold(run.run_dir, task=config.task, saved=config.threshold, spec=spec)
+
+
+def stored_threshold(run_dir: str | Path, *, task: str, saved: float | None,
+                     spec: str | float | ThresholdSpec | None = None) -> Threshold | None:
+    """The threshold of ``spec`` for the run in ``run_dir``, on the validation scores stored with it
+    (``saved``: its best-F1 threshold). None for a regression run, and for the default spec when the
+    run carries neither a saved threshold nor validation scores."""
+    if task != "classification":
         if spec is not None:
-            raise TabbertError(f"{run.run_dir}: a threshold applies to classification models only")
+            raise TabbertError(f"{run_dir}: a threshold applies to classification models only")
         return None
-    validation = ValidationScores.load(run.run_dir)
-    if spec is None and config.threshold is None and validation is None:
+    validation = ValidationScores.load(run_dir)
+    if spec is None and saved is None and validation is None:
         return None
-    return resolve_threshold(spec, validation, saved=config.threshold)
+    return resolve_threshold(spec, validation, saved=saved)

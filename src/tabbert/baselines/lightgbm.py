@@ -55,6 +55,7 @@ from tabbert.evaluation import split_report
 from tabbert.metrics import UndefinedMetricWarning, best_f1_threshold
 from tabbert.options import BaselineOptions
 from tabbert.threads import resolve_threads
+from tabbert.thresholds import ValidationScores
 
 TOP_FEATURES = 20
 THRESHOLD_SOURCE = "best F1 on val"
@@ -95,29 +96,22 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     out.mkdir(parents=True, exist_ok=True)
     if data.task == "classification":
         labels = {split: data.window_labels(starts[split], options.label_mode or "any") for split in SPLITS}
-        training, threshold, splits = _fit_classifier(data, features, labels, layout, params, out, options, "windows")
+        val_times = data.times[starts["val"] + data.seq_len - 1]
+        training, threshold, splits = _fit_classifier(data, features, labels, layout, params, out, options, "windows",
+                                                      val_times)
     else:
         targets = {split: data.window_targets(starts[split], "last") for split in SPLITS}
         training, threshold, splits = _fit_regressors(data, features, targets, layout, params, out, options)
-    metrics = {
-        "kind": "lightgbm",
-        "task": data.task,
-        "data": str(data.path),
-        "options": options.to_dict(),
-        "training": {
-            "windows": {split: int(starts[split].size) for split in SPLITS},
-            "features": {
-                "count": len(layout.names),
-                "categorical": len(layout.categorical),
-                "seconds": round(feature_seconds, 3),
-                "windows_per_second": round(n_windows / max(feature_seconds, 1e-9), 1),
-            },
-            "params": {**params, "rounds": options.rounds, "early_stopping": options.early_stopping},
-            **training,
+    metrics = _run_metrics(data, options, params, threshold, splits, {
+        "windows": {split: int(starts[split].size) for split in SPLITS},
+        "features": {
+            "count": len(layout.names),
+            "categorical": len(layout.categorical),
+            "seconds": round(feature_seconds, 3),
+            "windows_per_second": round(n_windows / max(feature_seconds, 1e-9), 1),
         },
-        "threshold": threshold,
-        "splits": splits,
-    }
+        **training,
+    })
     _write_features(out / "features.json", layout, data)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
@@ -144,30 +138,21 @@ def _train_rows(data: PreparedDataset, out: Path, options: BaselineOptions) -> d
     out.mkdir(parents=True, exist_ok=True)
     if classification:
         training, threshold, splits = _fit_classifier(data, features, truth, inputs, params, out, options, "rows",
-                                                      weights)
+                                                      data.times[rows["val"]], weights)
     else:
         training, threshold, splits = _fit_regressors(data, features, truth, inputs, params, out, options, weights)
-    metrics = {
-        "kind": "lightgbm",
-        "task": data.task,
-        "data": str(data.path),
-        "options": options.to_dict(),
-        "training": {
-            "examples": "rows: every row, scored from its entity's causal history, labelled with its own label",
-            "rows": {name: int(rows[name].size) for name in SPLITS},
-            "sampling": sampling,
-            "features": {
-                "count": len(inputs.names),
-                "categorical": len(inputs.categorical),
-                "seconds": round(feature_seconds, 3),
-                "rows_per_second": round(data.n_rows / max(feature_seconds, 1e-9), 1),
-            },
-            "params": {**params, "rounds": options.rounds, "early_stopping": options.early_stopping},
-            **training,
+    metrics = _run_metrics(data, options, params, threshold, splits, {
+        "examples": "rows: every row, scored from its entity's causal history, labelled with its own label",
+        "rows": {name: int(rows[name].size) for name in SPLITS},
+        "sampling": sampling,
+        "features": {
+            "count": len(inputs.names),
+            "categorical": len(inputs.categorical),
+            "seconds": round(feature_seconds, 3),
+            "rows_per_second": round(data.n_rows / max(feature_seconds, 1e-9), 1),
         },
-        "threshold": threshold,
-        "splits": splits,
-    }
+        **training,
+    })
     write_features_file(out / FEATURES_FILE, inputs, data.task, threshold, lightgbm_names(inputs.names))
     data.tokenizer.save(out / TOKENIZER_FILE)
     metrics["training"]["files"] = [*metrics["training"]["files"], TOKENIZER_FILE]
@@ -226,10 +211,26 @@ def _params(options: BaselineOptions) -> dict:
 # Fitting
 
 
-def _fit_classifier(data, features, labels, layout, params, out, options, unit: str,
+def _run_metrics(data: PreparedDataset, options: BaselineOptions, params: dict, threshold: float | None,
+                 splits: dict, training: dict) -> dict:
+    """The run's ``metrics.json``, in the layout every kind of run shares (see the README)."""
+    return {
+        "kind": "lightgbm",
+        "task": data.task,
+        "data": str(data.path),
+        "options": options.to_dict(),
+        "training": {**training, "params": {**params, "rounds": options.rounds,
+                                            "early_stopping": options.early_stopping}},
+        "threshold": threshold,
+        "splits": splits,
+    }
+
+
+def _fit_classifier(data, features, labels, layout, params, out, options, unit: str, val_times: np.ndarray,
                     weights: np.ndarray | None = None) -> tuple[dict, float, dict]:
     """Fit the classifier of ``unit`` (windows or rows); its training facts, threshold and validation
-    and test figures. ``weights`` weigh the training examples."""
+    and test figures. ``weights`` weigh the training examples. The validation scores, labels and
+    ``val_times`` are stored in the run, so that later threshold specs resolve on them."""
     train = labels["train"]
     positives = int(train.sum())
     if positives in (0, train.size):
@@ -250,6 +251,7 @@ def _fit_classifier(data, features, labels, layout, params, out, options, unit: 
     scores = {split: booster.predict(features[split], num_iteration=booster.best_iteration)
               for split in ("val", "test")}
     threshold = best_f1_threshold(labels["val"], scores["val"])
+    ValidationScores(scores["val"], labels["val"], val_times).save(out)
     splits = {split: split_report(labels[split], scores[split], task="classification", split=split,
                                   data_path=data.path, run_dir=out, threshold=threshold,
                                   threshold_source=THRESHOLD_SOURCE, plots=options.plots) for split in scores}

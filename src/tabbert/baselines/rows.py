@@ -32,6 +32,7 @@ from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.data.windows import SPLITS, assign_entities, assign_random
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.runs import read_json_object
+from tabbert.thresholds import stored_threshold
 
 MODEL_FILE = "model.txt"
 FEATURES_FILE = "features.json"
@@ -193,15 +194,16 @@ def write_features_file(path: Path, inputs: RowInputs, task: str, threshold: flo
     })
 
 
-def evaluate_rows(run_path: str | Path, data_dir: str | Path, split: str = "test", *, batch_size: int = 256,
-                  device: str | None = None) -> dict:
-    """Figures of a row-level run on every row of ``split`` of a prepared dataset, merged into the
-    run's ``metrics.json``."""
+def evaluate_rows(run_path: str | Path, data_dir: str | Path, split: str = "test", *, threshold=None,
+                  batch_size: int = 256, device: str | None = None) -> dict:
+    """Figures of a row-level run on every row of ``split`` of a prepared dataset at the threshold
+    spec ``threshold`` (:mod:`tabbert.thresholds`), merged into the run's ``metrics.json``."""
     from tabbert.evaluation import merge_split, split_report
 
     if split not in SPLITS:
         raise TabbertError(f"unknown split {split!r}; choose from {SPLITS}")
     model = RowModel.load(run_path)
+    chosen = stored_threshold(model.run_dir, task=model.task, saved=model.threshold, spec=threshold)
     data = PreparedDataset(data_dir)
     if data.tokenizer.fingerprint() != model.tokenizer.fingerprint():
         raise ArtifactError(f"{data.path}: tokenized with another tokenizer than the run's; prepare the data with "
@@ -211,15 +213,16 @@ def evaluate_rows(run_path: str | Path, data_dir: str | Path, split: str = "test
         raise TabbertError(f"{data.path}: split {split!r} has no rows to evaluate")
     scores = model.scores(model.inputs.of_dataset(data, batch_size=batch_size, device=device)[rows])
     truth = np.asarray(data.labels if model.task == "classification" else data.targets)[rows]
+    chosen = {} if chosen is None else dict(threshold=chosen.value, threshold_spec=chosen.spec,
+                                            threshold_source=chosen.source)
     result = split_report(truth, scores, task=model.task, split=split, data_path=data.path, run_dir=model.run_dir,
-                          threshold=model.threshold, threshold_source="best F1 on val at training",
-                          target_names=list(data.meta["labels"]))
+                          target_names=list(data.meta["labels"]), **chosen)
     merge_split(model.run_dir, split, result)
     return result
 
 
-def predict_rows(run_path: str | Path, data, *, source: str | None = None, schema=None, batch_size: int = 256,
-                 device: str | None = None):
+def predict_rows(run_path: str | Path, data, *, source: str | None = None, schema=None, threshold=None,
+                 batch_size: int = 256, device: str | None = None):
     """Score raw rows (a file or a normalized frame) with a row-level run: a
     :class:`~tabbert.inference.Prediction` whose scores keep the input's rows and order."""
     from tabbert.inference import Prediction, encode_rows, read_rows
@@ -228,6 +231,7 @@ def predict_rows(run_path: str | Path, data, *, source: str | None = None, schem
     model = RowModel.load(run_path)
     if model.task != "classification":
         raise TabbertError("predict scores classification runs; this run does regression")
+    chosen = stored_threshold(model.run_dir, task=model.task, saved=model.threshold, spec=threshold)
     loaded = time.perf_counter()
     frame, dropped = read_rows(data, model.tokenizer, source=source, schema=schema)
     read = time.perf_counter()
@@ -241,10 +245,10 @@ def predict_rows(run_path: str | Path, data, *, source: str | None = None, schem
     history[rows.order] = np.arange(frame.height) - entity_starts(rows.entity_offsets) + 1
     columns = {"row": frame.get_column(ROW), "entity": frame.get_column(ENTITY), "score": scores,
                "history_rows": history}
-    if model.threshold is not None:
-        columns["predicted"] = (scores >= model.threshold).astype(np.int8)
+    if chosen is not None:
+        columns["predicted"] = (scores >= chosen.value).astype(np.int8)
     scored = time.perf_counter()
     seconds = {"load": loaded - started, "read": read - loaded, "tokenize": encoded - read, "model": scored - encoded,
                "total": scored - started}
     return Prediction(pl.DataFrame(columns), entities=len(rows.entity_offsets) - 1, padded_rows=0, unseen=rows.unseen,
-                      dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()})
+                      dropped=dropped, seconds={step: round(v, 3) for step, v in seconds.items()}, threshold=chosen)

@@ -10,12 +10,12 @@ value is missing has a missing recency.
 They are computed from the raw values (a merchant too rare for the vocabulary still has its own
 history) and causally: only earlier rows count. Rows of one entity at the same time are ordered
 by their content, never by their place in the file, so a shuffled file gives the same fields.
-Prepare and predict both derive them with :func:`with_recency`.
+The tokenizer derives them with :func:`with_recency` in its own row order, for prepare and
+predict alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,18 +37,15 @@ def recency_name(field: str) -> str:
     return PREFIX + field
 
 
-def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray | None = None, *,
+def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray, *,
                  threads: int = THREADS) -> pl.DataFrame:
     """``frame`` with a ``recency.<name>`` column (an Enum of :data:`LEVELS`) for each of ``schema.recency``.
 
-    ``order`` is the permutation that puts the rows in entity-then-time order, when the caller
-    has it already; by default the rows are sorted here, rows of equal time by their content.
+    ``order`` is the permutation that puts the rows in the tokenizer's row order
+    (:func:`tabbert.data.tokenizer.row_order`: entity, time, then content).
     """
     if not schema.recency:
         return frame
-    if order is None:
-        order = frame.select(pl.arg_sort_by([ENTITY, TIME, *_content(frame, schema.field_names)])).to_series()
-        order = order.to_numpy()
     times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
     entity = _codes(frame.get_column(ENTITY))[order]
     entity_index = np.concatenate([[0], np.cumsum(entity[1:] != entity[:-1])])
@@ -91,13 +88,3 @@ def _codes(series: pl.Series) -> np.ndarray:
     if codes.null_count():
         codes = codes.cast(pl.Int64).fill_null((codes.min() or 0) - 1)
     return codes.to_numpy().astype(np.int64, copy=False)
-
-
-def _content(frame: pl.DataFrame, names: Sequence[str]) -> list[pl.Expr]:
-    """Sort keys that order rows of equal time by their values (Categoricals by their text)."""
-    keys = []
-    for name in names:
-        column = pl.col(name)
-        dtype = frame.schema[name]
-        keys.append(column.cast(pl.String) if isinstance(dtype, (pl.Categorical, pl.Enum)) else column)
-    return keys

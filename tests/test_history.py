@@ -75,6 +75,8 @@ def test_dense_codes_keep_every_value_and_code_null_as_minus_one():
     assert dense_codes(narrow).tolist() == [0, 1, 0, -1]
     categorical = pl.Series(["b", "a", "b"], dtype=pl.Categorical)
     assert dense_codes(categorical).tolist() == [1, 0, 1]
+    first_seen_last_in_order = pl.Series(["zq-late", None, "zq-early", "zq-late"], dtype=pl.Categorical)
+    assert dense_codes(first_seen_last_in_order).tolist() == [1, -1, 0, 1]
     assert dense_codes(pl.Series([None, None], dtype=pl.String)).tolist() == [-1, -1]
 
 

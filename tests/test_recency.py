@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tabbert.data.recency import NEVER, with_recency
+from tabbert.data.recency import BOUNDS_MICROSECONDS, LEVELS, NEVER, recency_levels, with_recency
 from tabbert.data.schema import ENTITY, ROW, TIME, FieldSpec, SchemaError, TableSchema
 from tabbert.data.tokenizer import row_order
 
@@ -59,3 +59,25 @@ def test_recency_names_categorical_fields_or_hour():
         TableSchema(fields=(FieldSpec("amount", "numeric"),), recency=("amount",))
     names = [spec.name for spec in SCHEMA.token_fields]
     assert names == ["shop", "amount", "recency.shop", "recency.hour"]
+
+
+def reference_levels(entity: np.ndarray, codes: np.ndarray, times: np.ndarray) -> list[int]:
+    """Row by row: the bucket of the time since the same entity's latest earlier row with the same code."""
+    levels, last_seen = [], {}
+    for key, time, code in zip(zip(entity.tolist(), codes.tolist()), times.tolist(), codes.tolist()):
+        if code == -1:
+            levels.append(-1)
+            continue
+        elapsed = None if key not in last_seen else time - last_seen[key]
+        levels.append(len(LEVELS) - 1 if elapsed is None else int(np.searchsorted(BOUNDS_MICROSECONDS, elapsed, "right")))
+        last_seen[key] = time
+    return levels
+
+
+@pytest.mark.parametrize("highest", [3, 300, 70_000, 1 << 60])  # each way of grouping the values
+def test_levels_match_a_row_by_row_reference(highest):
+    rng = np.random.default_rng(highest % 1000)
+    entity = np.repeat(np.arange(5), 40)
+    codes = rng.choice(np.array([-1, 0, 1, 2, highest]), size=entity.size)
+    times = np.concatenate([np.sort(rng.integers(0, 400 * 86_400 * 10**6, 40)) for _ in range(5)])
+    assert recency_levels(entity, codes, times).tolist() == reference_levels(entity, codes, times)

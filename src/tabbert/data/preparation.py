@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from tabbert.data.codes import raw_codes
+from tabbert.data.codes import categorical_fields, raw_codes
 from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
 from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
@@ -152,9 +152,10 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
                    threads: int = FIT_THREADS) -> dict:
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
 
-    A second thread sorts the rows, then gathers and writes the raw values, labels and window
-    lists, while the tokenizer is fitted (the fields need the row order only once their ids go
-    into the matrix) and the token matrix assembled.
+    A second thread sorts the rows; the raw-value codes are taken in that order (they feed the
+    recency fields too). The second thread then gathers and writes the raw values, labels and
+    window lists, while the recency fields are derived, the tokenizer is fitted and the token
+    matrix assembled.
     """
     frame, schema = table.frame, table.schema
     runs = entity_runs(frame)
@@ -194,10 +195,13 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         ordering = pool.submit(_order_rows, frame, schema, writer, runs, times)
-        rest = pool.submit(_write_rows_and_windows, table, writer, ordering, starts, seq_len, window_split, time_bounds)
-        if schema.recency:  # the recency fields need the row order before the fields are fitted
-            order = ordering.result().rows.order
-            frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order, threads=threads)
+        order = ordering.result().rows.order
+        codes = raw_codes(frame, schema, order, threads=threads)
+        rest = pool.submit(_write_rows_and_windows, table, writer, ordering, codes, starts, seq_len, window_split,
+                           time_bounds)
+        if schema.recency:  # the recency fields need the row order and codes before the fields are fitted
+            frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order,
+                                 codes=_recency_codes(schema, codes), threads=threads)
         tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering, threads)
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
@@ -285,9 +289,16 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
     return tokenizer, tokens
 
 
-def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered], starts, seq_len: int,
-                            window_split=None, time_bounds=None) -> tuple[list[str], dict, dict]:
-    """Write the raw values and codes, source row ids, labels or targets (rows in order) and each split's windows.
+def _recency_codes(schema: TableSchema, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns of the code matrix that recency fields read, each contiguous."""
+    return {name: np.ascontiguousarray(codes[:, j]) for j, name in enumerate(categorical_fields(schema))
+            if name in schema.recency}
+
+
+def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Future[_Ordered],
+                            codes: np.ndarray, starts, seq_len: int, window_split=None,
+                            time_bounds=None) -> tuple[list[str], dict, dict]:
+    """Write the raw values and ``codes``, source row ids, labels or targets (rows in order) and each split's windows.
 
     ``starts`` are the start rows of all windows, ``window_split`` their split ids or, for the
     time split (``None``), those that the time of each window's newest row takes in
@@ -303,7 +314,7 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
         values[:, j] = _ordered(frame.get_column(column).cast(pl.Float32).to_numpy(), order)
     values[:, -1] = gaps
     writer.add_array("values", values)
-    writer.add_array("codes", raw_codes(frame, schema, order))
+    writer.add_array("codes", codes)
     # source row numbers fit in int64: the same bits, read as signed
     writer.add_array("row_ids", _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64))
     label_stats: dict = {}

@@ -16,11 +16,13 @@ predict alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
 
+from tabbert.data.codes import NULL_CODE, dense_codes
 from tabbert.data.schema import ENTITY, MICROSECONDS_PER_SECOND, TIME, TableSchema
 
 PREFIX = "recency."
@@ -30,6 +32,7 @@ NEVER = "never"
 BUCKETS = ((3_600, "<1h"), (86_400, "<1d"), (7 * 86_400, "<7d"), (30 * 86_400, "<30d"), (365 * 86_400, "<1y"))
 OLDEST = ">=1y"
 LEVELS = (*(name for _, name in BUCKETS), OLDEST, NEVER)
+BOUNDS_MICROSECONDS = np.array([bound * MICROSECONDS_PER_SECOND for bound, _ in BUCKETS], dtype=np.int64)
 THREADS = 2
 
 
@@ -38,53 +41,64 @@ def recency_name(field: str) -> str:
 
 
 def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray, *,
-                 threads: int = THREADS) -> pl.DataFrame:
+                 codes: Mapping[str, np.ndarray] | None = None, threads: int = THREADS) -> pl.DataFrame:
     """``frame`` with a ``recency.<name>`` column (an Enum of :data:`LEVELS`) for each of ``schema.recency``.
 
     ``order`` is the permutation that puts the rows in the tokenizer's row order
-    (:func:`tabbert.data.tokenizer.row_order`: entity, time, then content).
+    (:func:`tabbert.data.tokenizer.row_order`: entity, time, then content). ``codes`` may give
+    fields' :func:`~tabbert.data.codes.dense_codes` already taken in that order.
     """
     if not schema.recency:
         return frame
+    codes = codes or {}
     times = frame.get_column(TIME).dt.epoch("us").to_numpy()[order]
-    entity = _codes(frame.get_column(ENTITY))[order]
-    entity_index = np.concatenate([[0], np.cumsum(entity[1:] != entity[:-1])])
+    entity = dense_codes(frame.get_column(ENTITY))[order]
 
     def column(name: str) -> pl.Series:
-        values = frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+        ordered = codes.get(name)
+        if ordered is None:
+            values = frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+            ordered = np.take(dense_codes(values), order)
         levels = np.empty(frame.height, dtype=np.int8)
-        levels[order] = _levels(entity_index, _codes(values)[order], times)
-        levels[values.is_null().to_numpy()] = -1
-        return pl.Series(recency_name(name), levels).replace_strict(
-            list(range(len(LEVELS))), list(LEVELS), default=None, return_dtype=pl.Enum(LEVELS))
+        levels[order] = recency_levels(entity, ordered, times)
+        # the levels are the Enum's physical codes; -1 (null) does not fit the unsigned type
+        return pl.Series(recency_name(name), levels).cast(pl.UInt8, strict=False).cat.to(pl.Enum(LEVELS))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # the sorts release the GIL
         return frame.with_columns(list(pool.map(column, schema.recency)))
 
 
-def _levels(entity: np.ndarray, value: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Index into :data:`LEVELS` of every row, rows given in entity-then-time order."""
-    by_group = np.lexsort((value, entity))  # stable: each (entity, value) group keeps the time order
-    group_entity, group_value, group_times = entity[by_group], value[by_group], times[by_group]
-    first = np.ones(by_group.size, dtype=bool)
-    first[1:] = (group_entity[1:] != group_entity[:-1]) | (group_value[1:] != group_value[:-1])
-    elapsed = np.diff(group_times, prepend=group_times[:1]) / MICROSECONDS_PER_SECOND
-    bounds = np.array([bound for bound, _ in BUCKETS], dtype=np.float64)
-    levels = np.where(first, len(LEVELS) - 1, np.searchsorted(bounds, elapsed, side="right"))
+def recency_levels(entity: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index into :data:`LEVELS` of every row (``-1`` where its code is null), rows in entity-then-time order.
+
+    The rows are grouped by value, then by position: as positions run entity by entity, each
+    (entity, value) group is one run in time order, and a row's latest earlier match sits just
+    before it.
+    """
+    by_group = _group_by_value(codes)
+    group_codes, group_entity = codes[by_group], entity[by_group]
+    first = np.ones(codes.size, dtype=bool)
+    first[1:] = (group_codes[1:] != group_codes[:-1]) | (group_entity[1:] != group_entity[:-1])
+    elapsed = np.diff(times[by_group], prepend=times[by_group[:1]])
+    levels = np.searchsorted(BOUNDS_MICROSECONDS, elapsed, side="right").astype(np.int8)
+    levels[first] = len(LEVELS) - 1
     result = np.empty_like(levels)
     result[by_group] = levels
+    result[codes == NULL_CODE] = -1
     return result
 
 
-def _codes(series: pl.Series) -> np.ndarray:
-    """Integers, equal for equal values (nulls share one; callers mask them): the values themselves
-    for integer columns, category codes for categorical ones, dense ranks otherwise."""
-    if series.dtype.is_integer():
-        codes = series
-    elif isinstance(series.dtype, (pl.Categorical, pl.Enum)):
-        codes = series.to_physical()
-    else:
-        codes = series.rank("dense")
-    if codes.null_count():
-        codes = codes.cast(pl.Int64).fill_null((codes.min() or 0) - 1)
-    return codes.to_numpy().astype(np.int64, copy=False)
+def _group_by_value(codes: np.ndarray) -> np.ndarray:
+    """The permutation that sorts the rows by code, then by position.
+
+    Codes that fit 16 bits take NumPy's radix sort (stable, one pass per byte); wider ones are
+    made distinct by their position, so the fast unstable sort is exact.
+    """
+    shifted = codes.astype(np.int64) + 1  # null (-1) becomes 0
+    widest = int(shifted.max(initial=0))
+    if widest < 1 << 16:
+        return np.argsort(shifted.astype(np.uint8 if widest < 1 << 8 else np.uint16), kind="stable")
+    position_bits = max(codes.size - 1, 1).bit_length()
+    if widest < 1 << (62 - position_bits):
+        return np.argsort((shifted << position_bits) | np.arange(codes.size, dtype=np.int64))
+    return np.argsort(codes, kind="stable")

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pretrain import StopAt
 
 from tabbert.anomaly import next_row_step, next_row_windows, row_surprise
 from tabbert.cli import main
@@ -50,6 +51,18 @@ def test_same_seed_same_causal_run(causal_run, fraud_cards, tmp_path):
     _, metrics = causal_run
     again = pretrain(fraud_cards.path, tmp_path / "again", max_steps=40, **SETTINGS)
     assert again["train_loss_history"] == metrics["train_loss_history"] and again["val_loss"] == metrics["val_loss"]
+
+
+def test_a_run_recorded_before_objectives_resumes_as_masked(fraud_cards, tmp_path):
+    settings = dict(size="tiny", batch_size=16, max_steps=4, save_steps=2, seed=0)
+    run = tmp_path / "run"
+    pretrain(fraud_cards.path, run, callbacks=[StopAt(2)], **settings)
+    record = json.loads((run / "run.json").read_text())
+    del record["settings"]["objective"]  # as written before the objective was an option
+    (run / "run.json").write_text(json.dumps(record))
+    assert pretrain(fraud_cards.path, run, resume=True, **settings)["resumed_from_step"] == 2
+    with pytest.raises(TabbertError, match="objective"):
+        pretrain(fraud_cards.path, run, resume=True, objective="causal", **settings)
 
 
 def test_next_row_labels_are_the_following_rows_local_ids():

@@ -283,7 +283,8 @@ def model_config(tokenizer: TabularTokenizer, seq_len: int, size: str, flat: boo
 
 
 def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
-    """Refuse a non-empty run directory unless resuming the run with the same settings."""
+    """Refuse a non-empty run directory unless resuming the run with the same settings (an option
+    missing from an older ``run.json`` counts as its default)."""
     if out.exists() and not out.is_dir():
         raise TabbertError(f"{out}: exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
@@ -298,6 +299,8 @@ def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
         recorded = json.loads(run_file.read_text())["settings"]
     except (ValueError, KeyError) as exc:
         raise ArtifactError(f"{run_file}: unreadable ({exc})") from exc
+    # a run recorded before an option existed ran with that option's default
+    recorded = {**PretrainOptions().to_dict(), **recorded}
     changed = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
     if changed:
         listing = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())

@@ -76,7 +76,8 @@ def test_a_row_never_sees_the_rows_after_it(causal_run, fraud_cards):
     ids = window(fraud_cards, 0, fraud_cards.seq_len)
     changed = ids.clone()
     changed[0, 6:] = ids[0, :4]
-    padded, mask = torch.cat([torch.full_like(ids[:, :3], PAD_ID), ids[:, :7]], dim=1), torch.tensor([[0] * 3 + [1] * 7])
+    padded = torch.cat([torch.full_like(ids[:, :3], PAD_ID), ids[:, :7]], dim=1)
+    mask = torch.tensor([[0] * 3 + [1] * 7])
     with torch.inference_mode():
         before, after = encoder(ids).last_hidden_state, encoder(changed).last_hidden_state
         left_padded = encoder(padded, attention_mask=mask).last_hidden_state
@@ -136,7 +137,8 @@ def test_a_row_scores_the_same_alone_or_inside_a_longer_window(causal_run, fraud
     with torch.inference_mode():
         longer = step(window(fraud_cards, 0, fraud_cards.seq_len), None)[0]
         for length in range(2, fraud_cards.seq_len):
-            ids, mask = window(fraud_cards, 0, fraud_cards.seq_len), torch.ones(1, fraud_cards.seq_len, dtype=torch.long)
+            ids = window(fraud_cards, 0, fraud_cards.seq_len)
+            mask = torch.ones(1, fraud_cards.seq_len, dtype=torch.long)
             ids[0, length:], mask[0, length:] = PAD_ID, 0
             alone = step(ids, mask)[0]
             assert torch.allclose(alone[length - 2], longer[length - 2], atol=1e-5)

@@ -491,7 +491,8 @@ def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: Tab
     return {
         "data": str(data.path),
         "model": {
-            "size": config.size, "flat": config.flat, "objective": config.objective, "parameters": trainer.model.num_parameters(),
+            "size": config.size, "flat": config.flat, "objective": config.objective,
+            "parameters": trainer.model.num_parameters(),
             "field_hidden": config.field_hidden, "hidden_size": config.hidden_size,
             "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
         },
@@ -535,7 +536,8 @@ def summary(metrics: dict) -> str:
         ("epochs", round(metrics["epochs"] or 0.0, 3)),
         ("train loss", metrics["train_loss"] if metrics["train_loss"] is not None else "-"),
         ("val loss", metrics["val_loss"] if metrics["val_loss"] is not None else "-"),
-        (f"val {predicted} accuracy", metrics["val_masked_accuracy"] if metrics["val_masked_accuracy"] is not None else "-"),
+        (f"val {predicted} accuracy",
+         metrics["val_masked_accuracy"] if metrics["val_masked_accuracy"] is not None else "-"),
         ("val majority baseline", metrics["val_majority_accuracy"] if metrics["val_majority_accuracy"] is not None
          else "-"),
         ("windows/s", round(speed, 1) if speed else "-"),

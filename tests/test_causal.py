@@ -26,9 +26,12 @@ SETTINGS = dict(size="tiny", objective="causal", batch_size=16, lr=2e-3, save_st
 
 @pytest.fixture(scope="module")
 def causal_run(tmp_path_factory, fraud_cards):
+    """A 40-step tiny causal run made through the command line."""
     run = tmp_path_factory.mktemp("causal") / "run"
-    metrics = pretrain(fraud_cards.path, run, max_steps=40, **SETTINGS)
-    return run, metrics
+    assert main(["pretrain", "--data", str(fraud_cards.path), "--out", str(run), "--objective", "causal",
+                 "--size", "tiny", "--batch-size", "16", "--lr", "2e-3", "--save-steps", "100",
+                 "--max-steps", "40"]) == 0
+    return run, json.loads((run / "metrics.json").read_text())
 
 
 def window(data, start: int, length: int) -> torch.Tensor:
@@ -47,7 +50,7 @@ def test_causal_pretraining_learns_and_reports_next_row_accuracy(causal_run, fra
     assert isinstance(load_run(run, heads=True).model, TabBertForNextRowModeling)
 
 
-def test_same_seed_same_causal_run(causal_run, fraud_cards, tmp_path):
+def test_same_seed_same_causal_run_from_the_python_api(causal_run, fraud_cards, tmp_path):
     _, metrics = causal_run
     again = pretrain(fraud_cards.path, tmp_path / "again", max_steps=40, **SETTINGS)
     assert again["train_loss_history"] == metrics["train_loss_history"] and again["val_loss"] == metrics["val_loss"]

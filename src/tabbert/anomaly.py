@@ -1,4 +1,4 @@
-"""Masked-row surprise: a label-free anomaly score of every row from its causal history.
+"""Row surprise: a label-free anomaly score of every row from its causal history.
 
 For each row, its history of ``context`` rows (left-padded) goes through a pre-trained TabBERT
 with *every field of the row itself* replaced by [MASK]. The score of a field is how unlikely the
@@ -7,6 +7,18 @@ the true token under that field's masked-field head. The row's surprise is their
 the row, a field such as the state could be read off the zip; masked whole, the row can only be
 predicted from the entity's past, so a card used at merchants, places and hours unlike its own
 history scores high.
+
+Next-row surprise
+-----------------
+A model pre-trained with ``objective="causal"`` predicts row t+1 from the output at row t, which
+sees rows up to t only. One forward over a window of an entity's rows then scores every row of
+it but the first: the surprise of row t is the negative log-probability of its true field values
+under the heads at row t-1, the same columns as above. An entity's rows are cut into windows of
+``context`` rows that overlap by one row, so each row is scored once, from the rows of its window
+before it (between 1 and ``context - 1`` rows, where the masked-row surprise always has
+``context - 1``), at about ``1 / (context - 1)`` of the forwards. Row positions count from the
+window's first row, so a row's score does not depend on how far its window reaches. An entity's
+first row has no history to be predicted from and is left unscored (NaN).
 
 Out-of-fold scores
 ------------------
@@ -28,7 +40,7 @@ import torch.nn.functional as F
 
 from tabbert.atomic import atomic_path
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import MASK_ID
+from tabbert.data.tokenizer import MASK_ID, PAD_ID
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
@@ -62,8 +74,91 @@ def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.T
     return step
 
 
+def next_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.Tensor, *, embeddings: bool = False):
+    """The step that gives ``[b, L - 1, F]`` per-field surprise of rows 1 .. L-1 of each window of a
+    causal model, each from the heads at the row before it; with ``embeddings``, followed by the
+    encoder's output at that row before ``[b, L - 1, hidden]``. Padding rows' values are meaningless."""
+
+    def step(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        states = model.tabbert(input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        truth = (input_ids[:, 1:] - field_offsets).clamp(min=0)  # padding rows give negative ids
+        surprise = torch.stack([
+            -F.log_softmax(field_logits.float(), dim=-1).gather(2, truth[..., field:field + 1]).squeeze(2)
+            for field, field_logits in enumerate(model.heads(states))
+        ], dim=2)
+        return torch.cat([surprise, states.float()], dim=2) if embeddings else surprise
+
+    return step
+
+
+def next_row_windows(entity_offsets: np.ndarray, wanted: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)`` of the windows that score the ``wanted`` rows (a boolean per row) in one pass:
+    each entity's rows cut into windows of ``context`` rows overlapping by one, those holding a wanted
+    row after their first."""
+    if context < 2:
+        raise TabbertError("next-row surprise needs windows of at least 2 rows (--context)")
+    first, last = np.asarray(entity_offsets[:-1], dtype=np.int64), np.asarray(entity_offsets[1:], dtype=np.int64)
+    counts = np.maximum(-(-(last - first - 1) // (context - 1)), 0)
+    entity = np.repeat(np.arange(first.size), counts)
+    step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = first[entity] + step * (context - 1)
+    ends = np.minimum(starts + context, last[entity])
+    cumulative = np.concatenate([[0], np.cumsum(wanted)])
+    keep = cumulative[ends] - cumulative[starts + 1] > 0
+    return starts[keep], ends[keep]
+
+
+def _window_gather(data: PreparedDataset, starts: np.ndarray, ends: np.ndarray, context: int):
+    """Batches of the windows ``starts`` to ``ends`` (exclusive), [PAD] after the rows of short ones."""
+
+    def gather(begin: int, end: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = starts[begin:end, None] + np.arange(context)
+        real = rows < ends[begin:end, None]
+        ids = np.asarray(data.tokens[np.where(real, rows, starts[begin:end, None]).ravel()])
+        ids = np.where(real[..., None], ids.reshape(*rows.shape, -1), PAD_ID).astype(np.int64)
+        return ids, None if real.all() else real.astype(np.int64)
+
+    return gather
+
+
+def _score_masked_rows(model, data: PreparedDataset, rows: np.ndarray, context: int, offsets: torch.Tensor,
+                       surprise: np.ndarray, *, device: torch.device, batch_size: int, embeddings: bool,
+                       progress: bool, description: str) -> int:
+    """Write the masked-row surprise (then embeddings) of ``rows`` into ``surprise``, one forward per
+    row; returns the number of forwards."""
+    outputs = forward_batches(masked_row_step(model, offsets, embeddings=embeddings), rows.size,
+                              _gather(data, rows, context), device=device, batch_size=batch_size,
+                              progress=progress, description=description)
+    per_field = torch.cat([output.cpu() for output in outputs]).numpy()
+    surprise[rows, 1:] = per_field
+    surprise[rows, 0] = per_field[:, :len(data.tokenizer.fields)].sum(axis=1)
+    return int(rows.size)
+
+
+def _score_next_rows(model, data: PreparedDataset, rows: np.ndarray, context: int, offsets: torch.Tensor,
+                     surprise: np.ndarray, *, device: torch.device, batch_size: int, embeddings: bool,
+                     progress: bool, description: str) -> int:
+    """Write the next-row surprise (then embeddings) of ``rows`` into ``surprise``, one forward per
+    window; returns the number of windows."""
+    wanted = np.zeros(data.n_rows, dtype=bool)
+    wanted[rows] = True
+    starts, ends = next_row_windows(data.entity_offsets, wanted, context)
+    n_fields = len(data.tokenizer.fields)
+    outputs = forward_batches(next_row_step(model, offsets, embeddings=embeddings), starts.size,
+                              _window_gather(data, starts, ends, context), device=device, batch_size=batch_size,
+                              progress=progress, description=description)
+    for begin, output in zip(range(0, starts.size, batch_size), outputs):
+        targets = starts[begin:begin + batch_size, None] + np.arange(1, context)
+        scored = targets < ends[begin:begin + batch_size, None]
+        scored[scored] = wanted[targets[scored]]
+        values = output.cpu().numpy()[scored]
+        surprise[targets[scored], 1:] = values
+        surprise[targets[scored], 0] = values[:, :n_fields].sum(axis=1)
+    return int(starts.size)
+
+
 def load_masked_model(path: str | Path) -> tuple[Run, TabBertForMaskedFieldModeling]:
-    """A pre-training run and its model with the masked-field heads."""
+    """A pre-training run and its model with its field heads (masked-field, or next-row for a causal run)."""
     run = load_run(path, expect="encoder", heads=True)
     return run, run.model
 
@@ -78,11 +173,16 @@ def row_surprise(model_paths: list[str | Path], data_dir: str | Path, *, split: 
                  context: int | None = None, batch_size: int = SURPRISE_BATCH_SIZE, device: str | None = None,
                  embeddings: bool = False, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Per-row surprise ``[n_rows, 1 + F]`` (total, then each field; NaN for rows not scored), with
-    ``embeddings`` followed by the masked row's encoder output, and a summary. ``model_paths``: one
-    pre-training run, or one per fold of ``--folds K``."""
+    ``embeddings`` followed by the encoder's output that predicts the row, and a summary. ``model_paths``:
+    one pre-training run, or one per fold of ``--folds K``. A causal run gives next-row surprise
+    (one forward per window), any other masked-row surprise (one forward per row)."""
     data = PreparedDataset(data_dir)
     runs = [load_masked_model(path) for path in model_paths]
     folds = _fold_models(runs, data)
+    objectives = {model.config.objective for _, model in folds}
+    if len(objectives) > 1:
+        raise TabbertError(f"the runs were pre-trained with different objectives {sorted(objectives)}")
+    causal = folds[0][1].config.causal
     context = context or data.seq_len
     for run, model in runs:
         check_compatible(run, data)
@@ -92,24 +192,22 @@ def row_surprise(model_paths: list[str | Path], data_dir: str | Path, *, split: 
     offsets = torch.as_tensor(data.tokenizer.field_offsets, dtype=torch.long, device=chosen)
     rows = np.arange(data.n_rows) if split == "all" else data.points(split)
     entity_fold = np.repeat(data.entity_folds(len(folds)), np.diff(data.entity_offsets)) if len(folds) > 1 else None
-    n_fields = len(data.tokenizer.fields)
-    width = 1 + n_fields + (folds[0][1].config.hidden_size if embeddings else 0)
+    width = 1 + len(data.tokenizer.fields) + (folds[0][1].config.hidden_size if embeddings else 0)
     surprise = np.full((data.n_rows, width), np.nan, dtype=np.float32)
+    forwards = 0
     for fold, (run, model) in enumerate(folds):
         ends = rows if entity_fold is None else rows[entity_fold[rows] == fold]
         if ends.size == 0:
             continue
         model.to(chosen).eval()
-        gather = _gather(data, ends, context)
-        outputs = forward_batches(masked_row_step(model, offsets, embeddings=embeddings), ends.size, gather,
-                                  device=chosen,
-                                  batch_size=batch_size, progress=progress,
-                                  description=f"surprise (fold {fold + 1}/{len(folds)})")
-        per_field = torch.cat([output.cpu() for output in outputs]).numpy()
-        surprise[ends, 1:] = per_field
-        surprise[ends, 0] = per_field[:, :n_fields].sum(axis=1)
+        score = _score_next_rows if causal else _score_masked_rows
+        forwards += score(model, data, ends, context, offsets, surprise, device=chosen, batch_size=batch_size,
+                          embeddings=embeddings, progress=progress,
+                          description=f"surprise (fold {fold + 1}/{len(folds)})")
     in_sample = _in_sample_rows(data, folds, rows)
     summary = {"rows": int(rows.size), "models": len(folds), "context": context, "in_sample_rows": in_sample,
+               "objective": folds[0][1].config.objective, "forwards": forwards,
+               "unscored_rows": int(np.isnan(surprise[rows, 0]).sum()),
                "columns": surprise_columns(data, folds[0][1].config.hidden_size if embeddings else 0)}
     return surprise, summary
 

@@ -27,6 +27,7 @@ from tabbert.models.sizes import MODEL_SIZES
 
 SOURCES = ("card", "prsa", "generic")
 SIZES = tuple(MODEL_SIZES)
+OBJECTIVES = ("masked", "causal")  # tabbert.models.configuration.OBJECTIVES
 TASKS = ("classification", "regression")
 ENCODERS = ("pretrained", "raw")
 HEADS = ("lstm", "mlp")  # the classes behind these names: tabbert.models.classifier.HEADS
@@ -251,7 +252,7 @@ class PrepareOptions(Options):
 
 @dataclass(frozen=True)
 class PretrainOptions(Options):
-    """Model size and training settings of masked-field pre-training."""
+    """Model size, objective and training settings of pre-training."""
 
     step: ClassVar[str] = "pretrain"
 
@@ -259,6 +260,9 @@ class PretrainOptions(Options):
                        help="model size: tiny (tests), small, paper (Padhi et al. 2021); --model is an older name")
     flat: bool = option(False, help="flat TabBERT: one BERT over all field tokens instead of field then row "
                         "transformers")
+    objective: str = option("masked", choices=OBJECTIVES,
+                            help="masked: predict masked fields from the whole window (BERT); causal: predict "
+                            "each next row from the rows up to it (GPT), for one-pass surprise")
     epochs: float = option(1.0, help="training epochs", at_least=0)
     batch_size: int = option(64, help="windows per batch and process", at_least=1)
     lr: float = option(5e-4, help="peak learning rate", above=0)
@@ -298,6 +302,10 @@ class PretrainOptions(Options):
                                f"got folds={self.folds}, fold={self.fold}")
         if self.device.startswith("cuda:"):
             raise TabbertError("pretrain takes device auto, cpu or cuda; choose its GPUs with CUDA_VISIBLE_DEVICES")
+        if self.objective == "causal" and self.flat:
+            raise TabbertError("--objective causal needs the hierarchical model; drop --flat")
+        if self.objective == "causal" and self.mask_rows:
+            raise TabbertError("--mask-rows belongs to --objective masked; the causal objective masks nothing")
 
     def model_overrides(self) -> dict[str, Any]:
         """The configuration values that change the named size."""

@@ -50,7 +50,7 @@ from tabbert.models.classifier import (
 )
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.raw import RawFieldsForSequenceClassification
-from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertForNextRowModeling, TabBertModel
 from tabbert.progress import track
 
 # what a model directory holds, by the model_type of its config.json: the run kind and how to name it
@@ -95,7 +95,8 @@ def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False
     """The run at ``path`` (``RUN`` or ``RUN/model``), its model in eval mode on the CPU.
 
     ``expect`` (``"encoder"`` or ``"classifier"``) refuses a model of the other kind. ``heads``
-    loads a pre-training run's model with its masked-field heads, not the bare encoder.
+    loads a pre-training run's model with its field heads (masked-field or next-row, by the
+    configuration's objective), not the bare encoder.
     """
     if expect not in (None, *MODEL_TYPES):
         raise ValueError(f"expect must be one of {tuple(MODEL_TYPES)} or None, got {expect!r}")
@@ -115,7 +116,10 @@ def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False
         raise ArtifactError(f"{model_dir}: holds a {model_type!r} model, not a {wanted} model")
     kind, what = KINDS[model_type]
     if kind == "encoder":
-        model_class: type[PreTrainedModel] = TabBertForMaskedFieldModeling if heads else TabBertModel
+        model_class: type[PreTrainedModel] = TabBertModel
+        if heads:
+            causal = config.get("objective") == "causal"
+            model_class = TabBertForNextRowModeling if causal else TabBertForMaskedFieldModeling
     else:
         encoder_kind = config.get("encoder_kind", "pretrained")
         if encoder_kind not in CLASSIFIERS:

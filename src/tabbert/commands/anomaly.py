@@ -1,4 +1,5 @@
-"""``tabbert anomaly``: masked-row surprise, a label-free anomaly score of every row from its history.
+"""``tabbert anomaly``: row surprise, a label-free anomaly score of every row from its history
+(masked-row surprise, or next-row surprise in one pass per window for a causal model).
 
 Writes ``.npy`` (``[n_rows, 1 + fields]``: the total, then each field, rows in the prepared order;
 ready for ``baseline --extra-features``) or ``.parquet``/``.csv`` (one record per row with its
@@ -24,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=SURPRISE_BATCH_SIZE,
                         help=f"rows per forward pass (default {SURPRISE_BATCH_SIZE})")
     parser.add_argument("--embeddings", action="store_true",
-                        help="also write the encoder's output at the masked row (the history's expectation of it)")
+                        help="also write the encoder's output that predicts the row: at the masked row, or at the "
+                        "row before for a causal model (the history's expectation of it)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads (default: torch's, or the cores left free when the machine is busy)")
@@ -57,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
     write_surprise(args.data, surprise, out)
     seconds = time.perf_counter() - started
     rows = [("rows scored", f"{summary['rows']:,}"), ("models", summary["models"]),
-            ("context rows", summary["context"]), ("seconds", f"{seconds:.1f}"),
+            ("context rows", summary["context"]), ("forward windows", f"{summary['forwards']:,}"),
+            ("seconds", f"{seconds:.1f}"),
             ("rows/s", f"{summary['rows'] / max(seconds, 1e-9):,.0f}")]
+    if summary["unscored_rows"]:
+        rows.append(("unscored rows", f"{summary['unscored_rows']:,} (entities' first rows: no history to predict "
+                     "them from)"))
     if summary["in_sample_rows"]:
         rows.append(("in-sample rows", f"{summary['in_sample_rows']:,} (training entities the model pre-trained "
                      "on; use --folds for out-of-fold scores)"))
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 figures = classification_metrics(labels, surprise[scored, 0])
                 rows.append((f"{name} PR-AUC / ROC-AUC (no labels used)",
                              f"{figures['pr_auc']:.4f} / {figures['roc_auc']:.4f} ({int(labels.sum())} positives)"))
-    print(format_table(rows, ["masked-row surprise", ""]))
+    kind = "next-row" if summary["objective"] == "causal" else "masked-row"
+    print(format_table(rows, [f"{kind} surprise", ""]))
     print(f"written to {out} (columns: {', '.join(summary['columns'][:4])}, ...)")
     return 0

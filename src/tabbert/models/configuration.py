@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tabbert.data.tokenizer import TabularTokenizer
 
 N_SPECIAL_TOKENS = 5
+OBJECTIVES = ("masked", "causal")
 
 
 class TabBertConfig(PretrainedConfig):
@@ -65,6 +66,10 @@ class TabBertConfig(PretrainedConfig):
             (the feed-forward width defaults to ``4 * hidden_size``).
         flat: one BERT over all field tokens of the window, a [SEP] closing each row,
             instead of the hierarchical field transformer + row BERT.
+        objective: ``masked`` (masked-field pre-training, rows attend to the whole window) or
+            ``causal`` (next-row pre-training: row t attends to rows up to t only, and row
+            positions count from the window's first real row, so left padding moves nothing).
+            Hierarchical model only. Every use of the encoder follows it.
         size: the named size this configuration was made from, if any.
         schema_fingerprint: identifies the data schema the model was trained for.
     """
@@ -97,6 +102,7 @@ class TabBertConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
         flat: bool = False,
+        objective: str = "masked",
         size: str | None = None,
         schema_fingerprint: str = "",
         **kwargs,
@@ -122,6 +128,7 @@ class TabBertConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.flat = flat
+        self.objective = objective
         self.size = size
         self.schema_fingerprint = schema_fingerprint
         self._validate()
@@ -163,6 +170,11 @@ class TabBertConfig(PretrainedConfig):
     @property
     def n_fields(self) -> int:
         return len(self.field_names)
+
+    @property
+    def causal(self) -> bool:
+        """Whether row t of a window attends to rows up to t only (next-row pre-training)."""
+        return self.objective == "causal"
 
     def check_compatible(
         self,
@@ -210,6 +222,11 @@ class TabBertConfig(PretrainedConfig):
                 f"field id ranges must be non-empty, above the {N_SPECIAL_TOKENS} special ids and in order, "
                 f"got offsets {self.field_offsets} and sizes {self.field_vocab_sizes}"
             )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.causal and self.flat:
+            raise ValueError("the causal objective needs the hierarchical model: the flat model's rows are "
+                             "[SEP]-closed token runs that a row-level causal mask does not fit")
         if self.vocab_size < self._global_vocab_size():
             raise ValueError(f"vocab_size {self.vocab_size} is smaller than the fields' ids need")
         for width, heads, what in (

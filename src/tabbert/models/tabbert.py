@@ -15,7 +15,9 @@ Two encoders, chosen by ``config.flat``:
 
 Both return one vector per row in ``last_hidden_state`` ``[batch, rows, hidden]``, so downstream
 heads do not depend on the variant. :class:`TabBertForMaskedFieldModeling` adds per-field heads
-that predict a masked field over that field's own vocabulary.
+that predict a masked field over that field's own vocabulary. With ``config.objective ==
+"causal"`` the hierarchical row BERT is a decoder (row t attends to rows up to t), and
+:class:`TabBertForNextRowModeling` reads the same heads at row t as a prediction of row t+1.
 """
 
 from __future__ import annotations
@@ -95,7 +97,27 @@ def row_bert_config(config: TabBertConfig) -> BertConfig:
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         intermediate_size=config.intermediate_size,
+        is_decoder=config.causal,
+        use_cache=False,
     )
+
+
+def row_positions(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Position of each row counted from its window's first real row ``[B, L]`` (padding rows in front take 0)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def next_row_labels(input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
+                    field_offsets: torch.Tensor) -> torch.LongTensor:
+    """Labels ``[B, L, F]`` of next-row prediction: at row t, the field-local ids of row t+1, and
+    -100 where row t or row t+1 is padding (and at the last row)."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    targets = input_ids[:, 1:] - field_offsets
+    if attention_mask is not None:
+        real = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
+        targets = targets.masked_fill(~real.unsqueeze(-1), IGNORE_INDEX)
+    labels[:, :-1] = targets
+    return labels
 
 
 class TabBertPreTrainedModel(PreTrainedModel):
@@ -210,7 +232,11 @@ class TabBertModel(TabBertPreTrainedModel):
 
     def _forward_hierarchical(self, input_ids, attention_mask) -> TabBertModelOutput:
         row_embeddings = self.embed_rows(input_ids)
-        hidden = self.bert(inputs_embeds=row_embeddings, attention_mask=attention_mask).last_hidden_state
+        positions = None
+        if self.config.causal and attention_mask is not None:
+            positions = row_positions(attention_mask)
+        hidden = self.bert(inputs_embeds=row_embeddings, attention_mask=attention_mask,
+                           position_ids=positions).last_hidden_state
         return TabBertModelOutput(last_hidden_state=hidden, row_embeddings=row_embeddings)
 
     def _forward_flat(self, input_ids, attention_mask) -> TabBertModelOutput:
@@ -325,6 +351,26 @@ class TabBertForMaskedFieldModeling(TabBertPreTrainedModel):
             field_labels=field_labels,
             last_hidden_state=row_states,
         )
+
+
+class TabBertForNextRowModeling(TabBertForMaskedFieldModeling):
+    """Causal TabBERT with per-field heads that predict the next row (the TabGPT2 direction).
+
+    The encoder runs with the causal mask, so the heads at row t see rows up to t only; their
+    logits are the model's distribution of each field of row t+1. Training passes
+    :meth:`next_row_labels` of the unmasked inputs as ``labels``: the loss is then the mean
+    cross-entropy over every field of every real next row. Without labels the logits at every
+    row are returned, as for the masked model.
+    """
+
+    def __init__(self, config: TabBertConfig):
+        if not config.causal:
+            raise ValueError("next-row modeling needs a configuration with objective='causal'")
+        super().__init__(config)
+
+    def next_row_labels(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
+        offsets = torch.as_tensor(self.config.field_offsets, dtype=torch.long, device=input_ids.device)
+        return next_row_labels(input_ids, attention_mask, offsets)
 
 
 AutoConfig.register(TabBertConfig.model_type, TabBertConfig, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Masked-field pre-training of TabBERT with :class:`transformers.Trainer`.
+"""Pre-training of TabBERT with :class:`transformers.Trainer`: masked-field or next-row (causal).
 
 A run directory holds everything one pre-training run writes::
 
@@ -6,10 +6,14 @@ A run directory holds everything one pre-training run writes::
     RUN/checkpoints/      periodic Trainer checkpoints (the newest few), for --resume
     RUN/tensorboard/      TensorBoard event files (``tensorboard --logdir RUN/tensorboard``)
     RUN/model/            the final model: config.json + model.safetensors + tokenizer.json
-    RUN/metrics.json      final losses, per-field masked accuracy against the majority baseline, speed
+    RUN/metrics.json      final losses, per-field accuracy against the majority baseline, speed
     RUN/loss_curve.png    training and validation loss against the step
 
-Each step masks field tokens the BERT way (:class:`~tabbert.data.collate.MaskedFieldCollator`).
+With ``objective="masked"`` (the default) each step masks field tokens the BERT way
+(:class:`~tabbert.data.collate.MaskedFieldCollator`). With ``objective="causal"`` nothing is masked:
+the row BERT attends to earlier rows only and every row's heads predict the fields of the next row
+(:class:`~tabbert.models.tabbert.TabBertForNextRowModeling`); the report's ``masked`` counts then are
+the predicted next-row tokens.
 Masks are drawn from a generator seeded by (seed, process, step), not from the global random state,
 so a run resumed from a checkpoint masks exactly as an uninterrupted one and reaches the same final
 weights. A resume starts from the newest *complete* checkpoint: one that a killed run left
@@ -58,7 +62,7 @@ from tabbert.errors import ArtifactError, TabbertError
 from tabbert.integrity import record_weights_digest
 from tabbert.models.classifier import without_progress_bars
 from tabbert.models.configuration import TabBertConfig
-from tabbert.models.tabbert import TabBertForMaskedFieldModeling
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertForNextRowModeling
 from tabbert.options import PretrainOptions
 from tabbert.plots import plot_loss_curves
 from tabbert.progress import SparseProgressCallback, interactive
@@ -175,17 +179,18 @@ class TensorBoardLogs(TensorBoardCallback):
 
 # ---------------------------------------------------------------------------- trainer
 class MaskedFieldTrainer(Trainer):
-    """A Trainer that masks each training batch itself and scores validation field by field.
+    """A Trainer that makes each batch's targets itself and scores validation field by field.
 
     Args:
-        masker: the masking recipe; every use gets its own generator, on the batch's device.
+        masker: the masking recipe; every use gets its own generator, on the batch's device. None:
+            the model predicts next rows, and the targets are its :meth:`next_row_labels`.
         majority: each field's most frequent local id on the training rows, for the baseline.
         field_names: names of the fields, for the report.
         mask_seed: root of the seeds of all masks.
         window_count: the run's count of trained windows (``windows_trained`` counts this session's).
     """
 
-    def __init__(self, *args, masker: MaskedFieldCollator, majority: np.ndarray, field_names: Sequence[str],
+    def __init__(self, *args, masker: MaskedFieldCollator | None, majority: np.ndarray, field_names: Sequence[str],
                  mask_seed: int, window_count: WindowCount, **kwargs):
         super().__init__(*args, **kwargs)
         self.window_count = window_count
@@ -204,8 +209,11 @@ class MaskedFieldTrainer(Trainer):
         seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
         return torch.Generator(device=device).manual_seed(seed)
 
-    def _mask(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The batch with its field tokens masked, on the batch's device."""
+    def _with_targets(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The batch with its labels (and, for the masked objective, its field tokens masked)."""
+        if self.masker is None:
+            model = self.accelerator.unwrap_model(self.model)
+            return {**inputs, "labels": model.next_row_labels(inputs["input_ids"], inputs["attention_mask"])}
         masked_ids, labels = self.masker.mask(inputs["input_ids"], inputs["attention_mask"], generator)
         return {**inputs, "input_ids": masked_ids, "labels": labels}
 
@@ -214,7 +222,7 @@ class MaskedFieldTrainer(Trainer):
         self.window_count.windows += int(inputs["input_ids"].shape[0])
         inputs = self._prepare_inputs(inputs)
         generator = self._generator(_TRAIN_MASKS, self.state.global_step, inputs["input_ids"].device)
-        return super().training_step(model, self._mask(inputs, generator), num_items_in_batch)
+        return super().training_step(model, self._with_targets(inputs, generator), num_items_in_batch)
 
     def _save_checkpoint(self, model, trial) -> None:
         # a run resumed from a checkpoint written before windows were counted has no entry to update
@@ -235,7 +243,7 @@ class MaskedFieldTrainer(Trainer):
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
                 generator = generator or self._generator(_EVAL_MASKS, 0, batch["input_ids"].device)
-                masked = self._mask(batch, generator)
+                masked = self._with_targets(batch, generator)
                 output = model(**masked)
                 statistics = masked_field_statistics(
                     output.field_logits, output.field_labels, masked["labels"], majority)
@@ -259,21 +267,24 @@ class MaskedFieldTrainer(Trainer):
 
 
 # ---------------------------------------------------------------------------- the run
-def model_config(tokenizer: TabularTokenizer, seq_len: int, size: str, flat: bool, overrides: dict) -> TabBertConfig:
-    """A TabBertConfig of the named size for the tokenizer's fields and windows of ``seq_len`` rows."""
+def model_config(tokenizer: TabularTokenizer, seq_len: int, size: str, flat: bool, overrides: dict,
+                 objective: str = "masked") -> TabBertConfig:
+    """A TabBertConfig of the named size and objective for the tokenizer's fields and windows of ``seq_len`` rows."""
     known = set(inspect.signature(TabBertConfig.__init__).parameters) - {"self", "kwargs", "field_names",
                                                                          "field_offsets", "field_vocab_sizes"}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TabbertError(f"unknown model settings {unknown}; known ones are {sorted(known)}")
     try:
-        return TabBertConfig.for_tokenizer(tokenizer, size, seq_len=seq_len, flat=flat, **overrides)
+        return TabBertConfig.for_tokenizer(tokenizer, size, seq_len=seq_len, flat=flat,
+                                           **{"objective": objective, **overrides})
     except ValueError as exc:
         raise TabbertError(f"invalid model settings: {exc}") from exc
 
 
 def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
-    """Refuse a non-empty run directory unless resuming the run with the same settings."""
+    """Refuse a non-empty run directory unless resuming the run with the same settings (an option
+    missing from an older ``run.json`` counts as its default)."""
     if out.exists() and not out.is_dir():
         raise TabbertError(f"{out}: exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
@@ -288,6 +299,8 @@ def prepare_run_dir(out: Path, settings: dict, resume: bool) -> None:
         recorded = json.loads(run_file.read_text())["settings"]
     except (ValueError, KeyError) as exc:
         raise ArtifactError(f"{run_file}: unreadable ({exc})") from exc
+    # a run recorded before an option existed ran with that option's default
+    recorded = {**PretrainOptions().to_dict(), **recorded}
     changed = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
     if changed:
         listing = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
@@ -407,7 +420,8 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     free = ("resume", "save_total_limit", "threads", "device")
     settings = {"data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(),
                 **{key: value for key, value in options.to_dict().items() if key not in free}}
-    config = model_config(tokenizer, data.seq_len, options.size, options.flat, options.model_overrides())
+    config = model_config(tokenizer, data.seq_len, options.size, options.flat, options.model_overrides(),
+                          objective=options.objective)
 
     args = _training_arguments(out, options, evaluate=len(val) > 0)
     # about 100 loss points per run; the step count depends on the world size the arguments found
@@ -425,11 +439,12 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
 
     set_seed(options.seed)
-    masker = MaskedFieldCollator(tokenizer.field_offsets, tokenizer.field_vocab_sizes,
-                                 mlm_probability=options.mlm_probability, mask_rows=options.mask_rows,
-                                 mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+    masker = None if config.causal else MaskedFieldCollator(
+        tokenizer.field_offsets, tokenizer.field_vocab_sizes, mlm_probability=options.mlm_probability,
+        mask_rows=options.mask_rows, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+    model_class = TabBertForNextRowModeling if config.causal else TabBertForMaskedFieldModeling
     trainer = MaskedFieldTrainer(
-        model=TabBertForMaskedFieldModeling(config), args=args, data_collator=collate_windows, train_dataset=train,
+        model=model_class(config), args=args, data_collator=collate_windows, train_dataset=train,
         eval_dataset=val if len(val) else None, callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
         masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
         mask_seed=options.seed, window_count=WindowCount.from_trainer_state(resumed),
@@ -449,7 +464,7 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out / "model")
         plot_loss_curves(trainer.state.log_history, out / "loss_curve.png",
-                         title=f"masked-field pre-training ({options.size})")
+                         title=f"{'next-row' if config.causal else 'masked-field'} pre-training ({options.size})")
         write_json_atomic(out / "metrics.json", metrics)
     args.distributed_state.wait_for_everyone()
     return metrics
@@ -476,7 +491,8 @@ def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: Tab
     return {
         "data": str(data.path),
         "model": {
-            "size": config.size, "flat": config.flat, "parameters": trainer.model.num_parameters(),
+            "size": config.size, "flat": config.flat, "objective": config.objective,
+            "parameters": trainer.model.num_parameters(),
             "field_hidden": config.field_hidden, "hidden_size": config.hidden_size,
             "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
         },
@@ -508,16 +524,20 @@ def _run_metrics(trainer: MaskedFieldTrainer, data: PreparedDataset, config: Tab
 
 
 def summary(metrics: dict) -> str:
-    """The end-of-run tables: totals, then each field's masked accuracy against its majority baseline."""
+    """The end-of-run tables: totals, then each field's accuracy (masked tokens, or next rows with the
+    causal objective) against its majority baseline."""
     speed = metrics["windows_per_second"]
+    predicted = "next-row" if metrics["model"].get("objective") == "causal" else "masked"
     totals = [
         ("model", f"{metrics['model']['size']}{' flat' if metrics['model']['flat'] else ''}"),
+        ("objective", metrics["model"].get("objective", "masked")),
         ("parameters", metrics["model"]["parameters"]),
         ("steps", metrics["steps"]),
         ("epochs", round(metrics["epochs"] or 0.0, 3)),
         ("train loss", metrics["train_loss"] if metrics["train_loss"] is not None else "-"),
         ("val loss", metrics["val_loss"] if metrics["val_loss"] is not None else "-"),
-        ("val masked accuracy", metrics["val_masked_accuracy"] if metrics["val_masked_accuracy"] is not None else "-"),
+        (f"val {predicted} accuracy",
+         metrics["val_masked_accuracy"] if metrics["val_masked_accuracy"] is not None else "-"),
         ("val majority baseline", metrics["val_majority_accuracy"] if metrics["val_majority_accuracy"] is not None
          else "-"),
         ("windows/s", round(speed, 1) if speed else "-"),
@@ -532,5 +552,5 @@ def summary(metrics: dict) -> str:
              field["accuracy"] - field["majority_accuracy"] if field["accuracy"] is not None else "-")
             for name, field in metrics["fields"].items()
         ]
-        text += "\n\n" + format_table(rows, headers=("field", "masked", "accuracy", "majority", "lift"))
+        text += "\n\n" + format_table(rows, headers=("field", predicted, "accuracy", "majority", "lift"))
     return text

@@ -40,7 +40,7 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
         assert main(["demo", "--quick", "--out", str(out), "--pretrain-steps", "40", "--threads", "1"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert list(summary["table"]) == ["history LightGBM", "raw LSTM", "TabBERT LSTM (reference)", "TabBERT fine-tuned",
-                                      "LightGBM + TabBERT", "masked-row surprise (no labels)"]
+                                      "LightGBM + TabBERT", "next-row surprise (no labels)"]
     for label, row in summary["table"].items():
         assert row["train_seconds"] > 0 or label.startswith("masked-row")
         assert row["roc_auc"] is None or 0.0 <= row["roc_auc"] <= 1.0

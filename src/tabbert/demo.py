@@ -1,8 +1,9 @@
 """The whole pipeline on generated card transactions, every transaction scored from its history.
 
-generate -> prepare -> pre-train TabBERT (on all training rows, and once per fold for out-of-fold
-features) -> masked-row surprise -> fine-tune and baselines -> test figures of every row on the
-same prediction points (every test transaction), in one run directory with a ``report.md``:
+generate -> prepare -> pre-train TabBERT (masked fields on all training rows; next-row prediction
+once per fold, for out-of-fold features) -> next-row surprise -> fine-tune and baselines -> test
+figures of every row on the same prediction points (every test transaction), in one run
+directory with a ``report.md``:
 
 * history LightGBM: causal per-card history features, the strongest simple baseline;
 * raw LSTM: field embeddings trained from scratch;
@@ -10,7 +11,8 @@ same prediction points (every test transaction), in one run directory with a ``r
 * TabBERT fine-tuned: the encoder trained too, with layer-wise learning-rate decay;
 * LightGBM + TabBERT: the history features plus TabBERT's out-of-fold surprise and expectation
   of each row;
-* masked-row surprise: no labels at all.
+* next-row surprise: no labels at all (one forward per window, where masked-row surprise takes
+  one per row).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class DemoSettings:
     rows_per_user: int = 1000
     seed: int = 0
     size: str = "small"
-    pretrain_steps: int = 600
+    pretrain_steps: int = 400
     pretrain_batch_size: int = 64
-    finetune_epochs: int = 3
+    finetune_epochs: int = 2
     finetune_batch_size: int = 128
     raw_size: str = "small"
     threads: int | None = None
@@ -60,7 +62,7 @@ ROWS = (
     ("TabBERT LSTM (reference)", "tabbert_lstm"),
     ("TabBERT fine-tuned", "tabbert_finetuned"),
     ("LightGBM + TabBERT", "lightgbm_tabbert"),
-    ("masked-row surprise (no labels)", "surprise"),
+    ("next-row surprise (no labels)", "surprise"),
 )
 
 
@@ -95,15 +97,15 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
 
     def pretrained(name: str, **options) -> Path:
         step(f"pre-train TabBERT ({name})", lambda: pretrain(
-            data_dir, out / name, size=settings.size, max_steps=settings.pretrain_steps, mask_rows=True,
+            data_dir, out / name, size=settings.size, max_steps=settings.pretrain_steps,
             batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps,
             threads=settings.threads, device=settings.device, **options))
         return out / name / "model"
 
-    encoder = pretrained("pretrain")
-    folds = [pretrained(f"pretrain_fold{k}", folds=FOLDS, fold=k) for k in range(FOLDS)]
+    encoder = pretrained("pretrain", mask_rows=True)
+    folds = [pretrained(f"pretrain_fold{k}", objective="causal", folds=FOLDS, fold=k) for k in range(FOLDS)]
     features = out / "tabbert_features.npy"
-    surprise, _ = step("masked-row surprise, out of fold", lambda: row_surprise(
+    surprise, _ = step("next-row surprise, out of fold", lambda: row_surprise(
         folds, data_dir, embeddings=True, device=settings.device))
     np.save(features, surprise)
 
@@ -143,18 +145,21 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
     with atomic_path(out / "report.md") as temporary:
         temporary.write_text(report(summary, out))
     log("\n" + results_table(table))
-    pretraining = sum(v for k, v in seconds.items() if k.startswith("pre-train") or k.startswith("masked-row"))
+    pretraining = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "next-row")))
     log(f"(TabBERT rows: plus {pretraining:.0f} s of pre-training and surprise, shared)")
     log(f"\ntotal {summary['total_seconds']:.0f} s; report: {out / 'report.md'}")
     return summary
 
 
 def surprise_run(data, surprise: np.ndarray) -> dict:
-    """The label-free row: the test transactions ranked by their masked-row surprise."""
+    """The label-free row: the test transactions ranked by their next-row surprise (a card's first
+    row, which has no row before it, ranks at the median)."""
     from tabbert.metrics import classification_metrics
 
     test = data.row_splits == 2
-    figures = classification_metrics(np.asarray(data.labels)[test].astype(np.int64), surprise[test, 0])
+    scores = surprise[test, 0]
+    scores = np.where(np.isnan(scores), np.nanmedian(scores), scores)
+    figures = classification_metrics(np.asarray(data.labels)[test].astype(np.int64), scores)
     return {"splits": {"test": figures}, "training": {"train_seconds": 0.0}}
 
 
@@ -176,7 +181,7 @@ def results_table(table: dict) -> str:
 def report(summary: dict, out: Path) -> str:
     """``report.md``: the table, the comparison plot, data and settings as tables, and every plot of the run."""
     data, seconds = summary["data"], summary["step_seconds"]
-    shared = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "masked-row")))
+    shared = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "next-row")))
     lines = [
         "# tabbert demo",
         "",

@@ -42,7 +42,7 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
     assert list(summary["table"]) == ["history LightGBM", "raw LSTM", "TabBERT LSTM (reference)", "TabBERT fine-tuned",
                                       "LightGBM + TabBERT", "next-row surprise (no labels)"]
     for label, row in summary["table"].items():
-        assert row["train_seconds"] > 0 or label.startswith("masked-row")
+        assert row["train_seconds"] > 0 or label.startswith("next-row")
         assert row["roc_auc"] is None or 0.0 <= row["roc_auc"] <= 1.0
     assert summary["data"]["test_positives"] > 0
     report = (out / "report.md").read_text()

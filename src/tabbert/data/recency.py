@@ -51,15 +51,32 @@ def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray, *,
     entity_index = np.concatenate([[0], np.cumsum(entity[1:] != entity[:-1])])
 
     def column(name: str) -> pl.Series:
-        values = frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+        values = recency_values(frame, name)
         levels = np.empty(frame.height, dtype=np.int8)
         levels[order] = _levels(entity_index, _codes(values)[order], times)
         levels[values.is_null().to_numpy()] = -1
-        return pl.Series(recency_name(name), levels).replace_strict(
-            list(range(len(LEVELS))), list(LEVELS), default=None, return_dtype=pl.Enum(LEVELS))
+        return level_column(name, levels)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # the sorts release the GIL
         return frame.with_columns(list(pool.map(column, schema.recency)))
+
+
+def recency_values(frame: pl.DataFrame, name: str) -> pl.Series:
+    """The raw values whose recency the field ``recency.<name>`` measures: the column, or for
+    ``hour`` the hour of each row's time."""
+    return frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+
+
+def bucket_levels(elapsed: np.ndarray) -> np.ndarray:
+    """Index into :data:`LEVELS` of the bucket of each time since the value was last seen (seconds)."""
+    bounds = np.array([bound for bound, _ in BUCKETS], dtype=np.float64)
+    return np.searchsorted(bounds, elapsed, side="right")
+
+
+def level_column(name: str, levels: np.ndarray) -> pl.Series:
+    """The ``recency.<name>`` column of indices into :data:`LEVELS` (-1: missing)."""
+    return pl.Series(recency_name(name), levels).replace_strict(
+        list(range(len(LEVELS))), list(LEVELS), default=None, return_dtype=pl.Enum(LEVELS))
 
 
 def _levels(entity: np.ndarray, value: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -69,8 +86,7 @@ def _levels(entity: np.ndarray, value: np.ndarray, times: np.ndarray) -> np.ndar
     first = np.ones(by_group.size, dtype=bool)
     first[1:] = (group_entity[1:] != group_entity[:-1]) | (group_value[1:] != group_value[:-1])
     elapsed = np.diff(group_times, prepend=group_times[:1]) / MICROSECONDS_PER_SECOND
-    bounds = np.array([bound for bound, _ in BUCKETS], dtype=np.float64)
-    levels = np.where(first, len(LEVELS) - 1, np.searchsorted(bounds, elapsed, side="right"))
+    levels = np.where(first, len(LEVELS) - 1, bucket_levels(elapsed))
     result = np.empty_like(levels)
     result[by_group] = levels
     return result

@@ -366,15 +366,11 @@ def read_records(kind: str, records: Sequence[Mapping[str, object]], *, schema: 
     """Rows given as mappings of column name to value (JSON values: text, numbers or null) in the
     normalized layout, read by the rules of a file of ``kind``: ``card``, or ``generic`` with its
     loaded ``schema``. Labels are not read. Errors name ``source``, the column and the 1-based record."""
+    columns = record_columns(kind, schema)
     if kind == "card":
-        columns, query = [c for c in CARD_COLUMNS if c != CARD_LABEL], _card_query(labelled=False)
-        allowed = set(CARD_COLUMNS)
-    elif kind == "generic" and schema is not None:
-        columns = list(dict.fromkeys((*schema.entity, *schema.time, *schema.table_schema().field_names)))
-        query = _generic_query(schema, pl.Schema({name: pl.String for name in columns}), (), Path(source))
-        allowed = None  # as in files, columns the schema does not name are ignored
-    else:
-        raise TabbertError(f"cannot read records of source {kind!r}" + (" without its schema" if kind == "generic" else ""))
+        query, allowed = _card_query(labelled=False), set(CARD_COLUMNS)
+    else:  # as in files, columns the schema does not name are ignored
+        query, allowed = _generic_query(schema, pl.Schema({name: pl.String for name in columns}), (), Path(source)), None
     raw = {name: [] for name in columns}
     for number, record in enumerate(records, 1):
         if not isinstance(record, Mapping):
@@ -391,6 +387,15 @@ def read_records(kind: str, records: Sequence[Mapping[str, object]], *, schema: 
     if parsed[_BAD].any():
         _raise_bad_value(source, _first_bad(frame.lazy(), query).collect().row(0, named=True), query)
     return parsed.drop(_BAD)
+
+
+def record_columns(kind: str, schema: GenericSchemaFile | None = None) -> list[str]:
+    """The columns a record of ``kind`` (``card``, or ``generic`` with its ``schema``) must hold to be scored."""
+    if kind == "card":
+        return [name for name in CARD_COLUMNS if name != CARD_LABEL]
+    if kind == "generic" and schema is not None:
+        return list(dict.fromkeys((*schema.entity, *schema.time, *schema.table_schema().field_names)))
+    raise TabbertError(f"cannot read records of source {kind!r}" + (" without its schema" if kind == "generic" else ""))
 
 
 def _record_text(source: str, value: object, column: str, number: int) -> str | None:

@@ -27,8 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-start", help="history file whose rows give the entities' state before serving")
     parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS,
                         help=f"how long concurrent requests are collected into one batch (default {BATCH_WAIT_MS})")
-    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
-                        help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process (default FULL)")
+    parser.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL",
+                        help="SQLite durability of --state: NORMAL survives a crash of the process (kill -9), FULL "
+                        "a power loss too, at a disk sync per batch (default NORMAL)")
     add_threshold_option(parser)
     add_arguments(parser, ComputeOptions)
 

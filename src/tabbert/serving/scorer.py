@@ -70,7 +70,7 @@ class Scorer:
     """
 
     def __init__(self, run: str | Path | Run, *, state: str | Path | None = None, threshold: str | float | None = None,
-                 device: str | None = None, synchronous: str = "FULL"):
+                 device: str | None = None, synchronous: str = "NORMAL"):
         self.run = run if isinstance(run, Run) else load_run(run, expect="classifier")
         config, self.tokenizer = self.run.config, self.run.tokenizer
         if config.task != "classification":

@@ -6,8 +6,10 @@ last saw each raw value (:mod:`tabbert.data.recency`). It is stored as JSON, nev
 
 :class:`SqliteStore` writes ``state.sqlite`` in a folder, in write-ahead-log mode; :meth:`put`
 commits before it returns, so a row whose score has been answered survives a crash of the
-process (``synchronous=FULL``: of the machine too; ``NORMAL``: a power loss may take back the
-latest commits). The store records which model wrote it and refuses another model's state.
+process, ``kill -9`` included (``synchronous=NORMAL``, the default: a power loss or a crash of
+the machine may take back the latest commits; ``FULL`` syncs the log to disk at every commit and
+survives those too, at a few milliseconds per commit). The store records which model wrote it
+and refuses another model's state.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class SqliteStore(MemoryStore):
     ``model`` identifies the model (its fingerprint); a folder written for another one is refused.
     """
 
-    def __init__(self, directory: str | Path, model: str, n_fields: int, *, synchronous: str = "FULL"):
+    def __init__(self, directory: str | Path, model: str, n_fields: int, *, synchronous: str = "NORMAL"):
         super().__init__()
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")

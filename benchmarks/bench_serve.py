@@ -4,16 +4,16 @@ Trains a ``small`` model briefly on generated cards (pre-training for ``--pretra
 fine-tuning epoch; or takes ``--model RUN``), then generates other card holders: the first
 ``--warm-users`` give the service its warm start, the rest are held out and their transactions are
 sent. ``tabbert serve`` runs in a subprocess on 127.0.0.1 (a free port) with durable state
-(SQLite in WAL mode, ``synchronous=NORMAL``, its default). For each concurrency level a bounded load generator (asyncio +
-httpx; at most ``--requests`` transactions and ``--seconds`` seconds) sends the held-out holders'
-transactions, each holder's in time order from one client at a time, fresh holders for each
-level. Reported: latency p50/p95/p99 and transactions per second per level; the service's memory
+(SQLite in WAL mode, ``synchronous=NORMAL``, its default). For each concurrency level a bounded
+load generator (asyncio + httpx; at most ``--requests`` transactions and ``--seconds`` seconds)
+sends the held-out holders' transactions, each holder's in time order from one client at a time,
+fresh holders for each level. Reported: latency p50/p95/p99 and transactions per second per level; the service's memory
 per 1,000 entities (its RSS with the warm start less its RSS without, per warm entity); the cost of
 a durable commit (SQLite ``FULL`` against ``NORMAL`` and ``OFF``, one entity state per commit);
 and ``predict`` on the sent transactions as a file.
 
     python benchmarks/bench_serve.py                           # results/serve.json
-    python benchmarks/bench_serve.py --model runs/ft --threads 2
+    python benchmarks/bench_serve.py --model runs/ft --threads 1
 
 Targets (2 cores): p99 <= 10 ms at concurrency 1, >= 500 transactions/s at concurrency 64. The
 script prints them and exits with status 1 when one is missed. The service is stopped on the way out.
@@ -57,6 +57,8 @@ def trained_run(seed: int, pretrain_steps: int) -> Path:
     from tabbert.training.finetune import finetune
     from tabbert.training.pretrain import pretrain
 
+    for name in ("data", "pre", "ft"):
+        shutil.rmtree(WORK / name, ignore_errors=True)
     csv = WORK / "train.csv"
     write_transactions(generate_transactions(100, seed=seed, rows_per_user=100, fraud_rate=0.03), csv)
     prepare("card", csv, WORK / "data", seed=seed)
@@ -84,14 +86,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_service(model: Path, state: Path, port: int, threads: int, wait_ms: float,
+def start_service(model: Path, state: Path, port: int, threads: int | None, wait_ms: float,
                   warm_start: Path | None = None) -> subprocess.Popen:
     """``tabbert serve`` in a subprocess, once it answers /health."""
     command = [sys.executable, "-m", "tabbert.cli", "serve", "--model", str(model), "--port", str(port),
-               "--state", str(state), "--threads", str(threads), "--batch-wait-ms", str(wait_ms)]
+               "--state", str(state), "--batch-wait-ms", str(wait_ms)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     if warm_start is not None:
         command += ["--warm-start", str(warm_start)]
-    environment = dict(os.environ, PYTHONPATH=str(SOURCE), OMP_NUM_THREADS=str(threads))
+    environment = dict(os.environ, PYTHONPATH=str(SOURCE))
     server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and server.poll() is None:
@@ -129,7 +133,7 @@ async def send(port: int, streams: list[list[dict]], concurrency: int, max_reque
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             while not queue.empty():
                 for row in queue.get_nowait():
-                    if len(latencies) + failures >= max_requests or time.perf_counter() - started > max_seconds:
+                    if len(sent) >= max_requests or time.perf_counter() - started > max_seconds:
                         return
                     sent.append(row)
                     begin = time.perf_counter()
@@ -151,10 +155,11 @@ def commit_cost(model: Path, commits: int) -> dict[str, float]:
             scorer = Scorer(model, state=folder, synchronous=mode)
             scorer.warm_start(WORK / "warm.csv")
             states = [(key, scorer.store.get(key)) for key in list(scorer.store.states)[:commits]]
+            puts = states * (commits // len(states) + 1)
             started = time.perf_counter()
-            for key, state in states * (commits // len(states) + 1):
+            for key, state in puts:
                 scorer.store.put({key: state})
-            costs[mode] = round((time.perf_counter() - started) / (len(states) * (commits // len(states) + 1)) * 1000, 3)
+            costs[mode] = round((time.perf_counter() - started) / len(puts) * 1000, 3)
             scorer.store.close()
     return costs
 
@@ -223,7 +228,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="levels (default 1 8 64)")
     parser.add_argument("--requests", type=int, default=2000, help="most transactions per level (default 2000)")
     parser.add_argument("--seconds", type=float, default=20.0, help="most seconds per level (default 20)")
-    parser.add_argument("--threads", type=int, default=2, help="the service's torch threads (default 2)")
+    parser.add_argument("--threads", type=int, help="the service's torch threads (default: serve's own choice, "
+                        "the free cores; two threads on two busy cores run several times slower than one)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="the service's batching wait (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
@@ -233,8 +239,9 @@ def main() -> int:
         parser.error(f"--held-out-users must be at least {needed} (fresh holders for every level)")
 
     load_before = os.getloadavg()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    for name in ("state", "state-cold"):
+        shutil.rmtree(WORK / name, ignore_errors=True)
     started = time.perf_counter()
     model = args.model or trained_run(args.seed, args.pretrain_steps)
     print(f"model {model} ready in {time.perf_counter() - started:.0f} s", flush=True)

@@ -23,7 +23,8 @@ from tabbert.data.encoders import FEW_ROWS, CategoricalEncoder
 from tabbert.data.sources import read_card
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import row_order
-from tabbert.errors import ArtifactError
+from tabbert.data.preparation import prepare
+from tabbert.errors import ArtifactError, DataError
 from tabbert.inference import predict
 from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
@@ -142,6 +143,34 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(run_dir, replay):
     assert answers[bad].status_code == 422 and "'Amount'" in answers[bad].json()["detail"]
     scores = [answers[i].json()["score"] for i in range(len(entity_starts))]
     np.testing.assert_allclose(scores, expected["score"].to_numpy()[entity_starts], atol=1e-5)
+
+
+def test_generic_transactions_are_read_by_the_stored_schema(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 48
+    raw = pl.DataFrame({
+        "site": np.repeat(["north", "south"], n // 2),
+        "ts": [f"2021-03-{1 + i // 24:02d} {i % 24:02d}:15:00" for i in range(n)],
+        "shop": rng.choice(["a", "b", "c"], n),
+        "amount": rng.normal(10, 3, n).round(2),
+        "fraud": (np.arange(n) % 7 == 0).astype(int),
+    })
+    path, schema = tmp_path / "rows.csv", tmp_path / "schema.json"
+    raw.write_csv(path)
+    schema.write_text(json.dumps({"entity": ["site"], "time": "ts", "categorical": ["shop"], "numeric": {"amount": 4},
+                                  "labels": ["fraud"], "recency": ["shop"]}))
+    data = prepare("generic", path, tmp_path / "data", schema=str(schema), seq_len=4, stride=2, split="random")
+    config = TabBertConfig.for_tokenizer(data.tokenizer, "tiny", seq_len=4)
+    torch.manual_seed(0)
+    model = TabBertForSequenceClassification.from_encoder(TabBertModel(config), seq_len=4)
+    run = save_classifier(model, data.tokenizer, tmp_path / "run" / "model").parent
+    expected = predict(run, path)["score"].to_numpy()
+    records = raw.drop("fraud").with_columns(pl.col("amount").cast(pl.String)).to_dicts()
+    scorer = Scorer(run)
+    got = [scorer.score([record])[0]["score"] for record in records]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(DataError, match="column 'ts', row 1: bad value 'yesterday'"):
+        scorer.score([dict(records[0], ts="yesterday")])
 
 
 def test_model_endpoint(run_dir):

@@ -367,10 +367,12 @@ def read_records(kind: str, records: Sequence[Mapping[str, object]], *, schema: 
     normalized layout, read by the rules of a file of ``kind``: ``card``, or ``generic`` with its
     loaded ``schema``. Labels are not read. Errors name ``source``, the column and the 1-based record."""
     columns = record_columns(kind, schema)
+    if not records:
+        raise DataError(source, "no records to read")
     if kind == "card":
         query, allowed = _card_query(labelled=False), set(CARD_COLUMNS)
     else:  # as in files, columns the schema does not name are ignored
-        query, allowed = _generic_query(schema, pl.Schema({name: pl.String for name in columns}), (), Path(source)), None
+        query, allowed = _generic_query(schema, pl.Schema(dict.fromkeys(columns, pl.String)), (), Path(source)), None
     raw = {name: [] for name in columns}
     for number, record in enumerate(records, 1):
         if not isinstance(record, Mapping):

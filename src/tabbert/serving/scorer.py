@@ -106,8 +106,8 @@ class Scorer:
         batch = self._batch(frame)
         ordered, recency = self._encode(batch)
         windows, ends, history = _windows(batch, ordered, self.seq_len)
-        scores = score(self.model, len(ends), padded_histories(windows.tokens, windows.entity_start, self.seq_len, ends),
-                       batch_size=SCORE_BATCH_SIZE)
+        gather = padded_histories(windows.tokens, windows.entity_start, self.seq_len, ends)
+        scores = score(self.model, len(ends), gather, batch_size=SCORE_BATCH_SIZE)
         self.store.put(self._next_states(batch, windows, recency))
         return self._results(batch, ordered, scores, history)
 
@@ -136,12 +136,13 @@ class Scorer:
         return (tokens if order.order is None else tokens[order.order]), recency
 
     def _next_states(self, batch: _Batch, windows: _Windows, recency: list[dict]) -> dict[str, EntityState]:
-        context = self.seq_len - 1
+        """Each entity's state once the batch's rows are scored."""
+        context, offsets = self.seq_len - 1, batch.order.entity_offsets
         states = {}
-        for e, key in enumerate(batch.keys):
+        for e, (key, state) in enumerate(zip(batch.keys, batch.states)):
             begin, end = windows.entity_start[windows.entity_end[e] - 1], windows.entity_end[e]
-            rows = (0 if batch.states[e] is None else batch.states[e].rows) + np.diff(batch.order.entity_offsets)[e]
-            states[key] = EntityState(int(batch.order.times[batch.order.entity_offsets[e + 1] - 1]), int(rows),
+            rows = (0 if state is None else state.rows) + int(offsets[e + 1] - offsets[e])
+            states[key] = EntityState(int(batch.order.times[offsets[e + 1] - 1]), rows,
                                       windows.tokens[max(begin, end - context):end].copy(), recency[e])
         return states
 
@@ -235,8 +236,8 @@ def _last_seen(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, dict[str,
     """Per entity (as text), per recency field, the time (epoch microseconds) each raw value was last seen."""
     seen: dict[str, dict[str, dict[str, int]]] = {}
     for name in names:
-        latest = (frame.select(pl.col(ENTITY).cast(pl.String), recency_values(frame, name).cast(pl.String).alias("value"),
-                               pl.col(TIME).dt.epoch("us"))
+        values = recency_values(frame, name).cast(pl.String).alias("value")
+        latest = (frame.select(pl.col(ENTITY).cast(pl.String), values, pl.col(TIME).dt.epoch("us"))
                   .drop_nulls("value").group_by(ENTITY, "value").agg(pl.col(TIME).max()))
         for entity, value, time in latest.iter_rows():
             seen.setdefault(entity, {}).setdefault(name, {})[value] = time

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +77,15 @@ class SqliteStore(MemoryStore):
         self.path = Path(directory) / STATE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.n_fields = n_fields
+        self.lock = threading.Lock()  # the service reads the count while its worker writes
         self.connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute(f"PRAGMA synchronous={synchronous}")
         with self.connection:
             self.connection.execute("BEGIN")
             self.connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self.connection.execute("CREATE TABLE IF NOT EXISTS entities (entity TEXT PRIMARY KEY, state TEXT NOT NULL)")
+            self.connection.execute("CREATE TABLE IF NOT EXISTS entities "
+                                    "(entity TEXT PRIMARY KEY, state TEXT NOT NULL)")
             self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('model', ?)", (model,))
         stored = self.connection.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0]
         if stored != model:
@@ -92,20 +95,22 @@ class SqliteStore(MemoryStore):
     def get(self, entity: str) -> EntityState | None:
         state = self.states.get(entity)
         if state is None:
-            found = self.connection.execute("SELECT state FROM entities WHERE entity = ?", (entity,)).fetchone()
+            with self.lock:
+                found = self.connection.execute("SELECT state FROM entities WHERE entity = ?", (entity,)).fetchone()
             if found is not None:
                 state = self.states[entity] = EntityState.from_json(found[0], self.n_fields)
         return state
 
     def put(self, states: dict[str, EntityState]) -> None:
-        with self.connection:
+        rows = [(entity, state.to_json()) for entity, state in states.items()]
+        with self.lock, self.connection:
             self.connection.execute("BEGIN")
-            self.connection.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?)",
-                                        [(entity, state.to_json()) for entity, state in states.items()])
+            self.connection.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?)", rows)
         super().put(states)
 
     def __len__(self) -> int:
-        return self.connection.execute("SELECT count(*) FROM entities").fetchone()[0]
+        with self.lock:
+            return self.connection.execute("SELECT count(*) FROM entities").fetchone()[0]
 
     def close(self) -> None:
         self.connection.close()

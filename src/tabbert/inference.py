@@ -108,7 +108,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     order = np.arange(frame.height) if rows.order is None else rows.order
     tokens = tokenizer.encode(frame, rows)[order]
     entity_start = np.repeat(rows.entity_offsets[:-1], np.diff(rows.entity_offsets))
-    unseen = {name: int(np.count_nonzero(rows)) for name, rows in unseen_fields(tokens, tokenizer).items()}
+    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in unseen_fields(tokens, tokenizer).items()}
     tokenized = time.perf_counter()
 
     outputs = score(model, len(tokens), padded_histories(tokens, entity_start, model.config.seq_len),
@@ -203,7 +203,7 @@ def encode_rows(frame: pl.DataFrame, tokenizer: TabularTokenizer, value_columns:
     for j, column in enumerate(value_columns):
         values[:, j] = (time_feature("gap", rows.times, rows.entity_offsets) if column == GAP_COLUMN
                         else frame.get_column(column).cast(pl.Float32).to_numpy()[order])
-    unseen = {name: int(np.count_nonzero(rows)) for name, rows in unseen_fields(tokens, tokenizer).items()}
+    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in unseen_fields(tokens, tokenizer).items()}
     return EncodedRows(order, tokens, raw_codes(frame, tokenizer.schema, order), values, rows.times,
                        rows.entity_offsets, unseen)
 

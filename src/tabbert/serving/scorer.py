@@ -161,7 +161,7 @@ class Scorer:
                 "score": value,
                 "decision": None if self.threshold is None else value >= self.threshold.value,
                 "history_rows": int(history[i]),
-                "unseen": [name for name, rows in unseen.items() if rows[i]],
+                "unseen": [name for name, flagged in unseen.items() if flagged[i]],
             }
         return results
 

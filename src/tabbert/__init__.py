@@ -61,6 +61,7 @@ _EXPORTS = {
     "evaluate": "tabbert.evaluation",
     "load_run": "tabbert.runs",
     "predict": "tabbert.inference",
+    "Scorer": "tabbert.serving.scorer",
     "write_embeddings": "tabbert.embeddings",
 }
 

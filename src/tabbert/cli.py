@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "supervised fine-tuning (fraud classification or regression)"),
     "evaluate": ("evaluate", "metrics, curves and a threshold for a fine-tuned model on one split"),
     "predict": ("predict", "one score per transaction of a raw input file"),
+    "serve": ("serve", "score transactions over HTTP as they come, keeping each entity's state"),
     "anomaly": ("anomaly", "label-free surprise of every row from its history (masked-row or next-row)"),
     "baseline": ("baseline", "LightGBM, raw LSTM or raw MLP baselines on the same splits"),
     "demo": ("demo", "the whole pipeline on generated data, ending in the paper's table"),

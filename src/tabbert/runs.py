@@ -233,17 +233,20 @@ def prepared_points(data: PreparedDataset, ends: np.ndarray, context: int) -> Ga
     return gather
 
 
-def padded_histories(tokens: np.ndarray, entity_start: np.ndarray, seq_len: int) -> Gather:
-    """Batches of the windows that end at each row of an entity-then-time ordered token matrix.
+def padded_histories(tokens: np.ndarray, entity_start: np.ndarray, seq_len: int,
+                     ends: np.ndarray | None = None) -> Gather:
+    """Batches of the windows that end at each row of an entity-then-time ordered token matrix
+    (``ends``: at those rows only).
 
     ``entity_start[i]`` is the first row of row ``i``'s entity: window rows before it are [PAD]
     and masked. Windows are built with index arithmetic, a batch at a time.
     """
     offsets = np.arange(1 - seq_len, 1)
+    ends = np.arange(len(tokens)) if ends is None else np.asarray(ends, dtype=np.int64)
 
     def gather(begin: int, end: int) -> tuple[np.ndarray, np.ndarray | None]:
-        rows = np.arange(begin, end)[:, None] + offsets
-        real = rows >= entity_start[begin:end, None]
+        rows = ends[begin:end, None] + offsets
+        real = rows >= entity_start[ends[begin:end], None]
         ids = np.where(real[..., None], tokens[np.maximum(rows, 0)], PAD_ID).astype(np.int64)
         return ids, None if real.all() else real.astype(np.int64)
 

@@ -149,15 +149,19 @@ def _break_ties(values: pl.DataFrame, order: np.ndarray | None, same_as_previous
     return order
 
 
-def time_feature(name: str, times: np.ndarray, entity_offsets: np.ndarray) -> np.ndarray:
+def time_feature(name: str, times: np.ndarray, entity_offsets: np.ndarray,
+                 previous: np.ndarray | None = None) -> np.ndarray:
     """A time feature of rows in entity-then-time order: ``times`` (epoch microseconds) and the
-    ``entity_offsets`` where each entity's rows begin."""
+    ``entity_offsets`` where each entity's rows begin. ``previous`` (float epoch microseconds, NaN
+    where unknown) is each entity's time before its first row, which that row's gap is counted
+    from; without it an entity's first row has no gap."""
     if name == "gap":
         gaps = np.empty(times.size, dtype=np.float64)
         # exact integer differences, converted as they are stored: no temporary column
         np.subtract(times[1:], times[:-1], out=gaps[1:], dtype=np.int64, casting="unsafe")
         np.divide(gaps[1:], MICROSECONDS_PER_SECOND, out=gaps[1:])
-        gaps[entity_offsets[:-1]] = np.nan
+        starts = entity_offsets[:-1]
+        gaps[starts] = np.nan if previous is None else (times[starts] - previous) / MICROSECONDS_PER_SECOND
         return gaps
     if name in _EPOCH_FEATURES:
         formula, dtype = _EPOCH_FEATURES[name]

@@ -57,15 +57,34 @@ def with_recency(frame: pl.DataFrame, schema: TableSchema, order: np.ndarray, *,
     def column(name: str) -> pl.Series:
         ordered = codes.get(name)
         if ordered is None:
-            values = frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
-            ordered = np.take(dense_codes(values), order)
+            ordered = np.take(dense_codes(recency_values(frame, name)), order)
         levels = np.empty(frame.height, dtype=np.int8)
         levels[order] = recency_levels(entity, ordered, times)
-        # the levels are the Enum's physical codes; -1 (null) does not fit the unsigned type
-        return pl.Series(recency_name(name), levels).cast(pl.UInt8, strict=False).cat.to(pl.Enum(LEVELS))
+        return level_column(name, levels)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # the sorts release the GIL
         return frame.with_columns(list(pool.map(column, schema.recency)))
+
+
+def recency_values(frame: pl.DataFrame, name: str) -> pl.Series:
+    """The raw values whose recency the field ``recency.<name>`` measures: the column, or for
+    ``hour`` the hour of each row's time."""
+    return frame.get_column(TIME).dt.hour() if name == HOUR else frame.get_column(name)
+
+
+def bucket_levels(elapsed: np.ndarray) -> np.ndarray:
+    """Index into :data:`LEVELS` (int8) of the bucket of each time since the value was last seen,
+    in microseconds."""
+    levels = np.zeros(elapsed.shape, dtype=np.int8)
+    for bound in BOUNDS_MICROSECONDS:  # a few comparisons beat a binary search per row
+        levels += elapsed >= bound
+    return levels
+
+
+def level_column(name: str, levels: np.ndarray) -> pl.Series:
+    """The ``recency.<name>`` column of indices into :data:`LEVELS` (-1: missing)."""
+    # the levels are the Enum's physical codes; -1 does not fit the unsigned type and becomes null
+    return pl.Series(recency_name(name), levels).cast(pl.UInt8, strict=False).cat.to(pl.Enum(LEVELS))
 
 
 def recency_levels(entity: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -80,9 +99,7 @@ def recency_levels(entity: np.ndarray, codes: np.ndarray, times: np.ndarray) -> 
     first = np.ones(codes.size, dtype=bool)
     first[1:] = (group_codes[1:] != group_codes[:-1]) | (group_entity[1:] != group_entity[:-1])
     elapsed = np.diff(times[by_group], prepend=times[by_group[:1]])
-    levels = np.zeros(codes.size, dtype=np.int8)
-    for bound in BOUNDS_MICROSECONDS:  # a few comparisons beat a binary search per row
-        levels += elapsed >= bound
+    levels = bucket_levels(elapsed)
     levels[first] = len(LEVELS) - 1
     result = np.empty_like(levels)
     result[by_group] = levels

@@ -38,7 +38,7 @@ import functools
 import gzip
 import inspect
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -174,6 +174,15 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     expected = CARD_COLUMNS if labelled else tuple(c for c in CARD_COLUMNS if c != CARD_LABEL)
     for file in files:
         _require_exact_columns(file, expected)
+    scan, typed_scan = _scanner(as_text=True), None
+    if not _is_parquet(files[0]):
+        typed_scan = _scanner(types={name: CARD_CSV_TYPES[name] for name in expected})
+    frame, rows_in, dropped = _run(_describe(path), files, scan, _card_query(labelled), typed_scan=typed_scan)
+    return Table(frame, _card_schema(time_features), _describe(path), rows_in, dropped)
+
+
+def _card_query(labelled: bool) -> _Query:
+    """The strict parsing of card columns (text) into the normalized layout; see :func:`read_card`."""
     query = _Query()
     for name, what in (("User", "an integer user id"), ("Card", "an integer card number"),
                        ("MCC", "an integer merchant category code")):
@@ -210,11 +219,11 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         "MCC": _integer("MCC"),
         CARD_LABEL: label,
     }
-    scan, typed_scan = _scanner(as_text=True), None
-    if not _is_parquet(files[0]):
-        typed_scan = _scanner(types={name: CARD_CSV_TYPES[name] for name in expected})
-    frame, rows_in, dropped = _run(_describe(path), files, scan, query, typed_scan=typed_scan)
-    schema = TableSchema(
+    return query
+
+
+def _card_schema(time_features: Sequence[str]) -> TableSchema:
+    return TableSchema(
         fields=tuple(FieldSpec(name, "numeric" if name == "Amount" else "categorical") for name in CARD_FIELDS),
         labels=(CARD_LABEL,),
         task="classification",
@@ -223,7 +232,6 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
         source="card",
         recency=CARD_RECENCY,
     )
-    return Table(frame, schema, _describe(path), rows_in, dropped)
 
 
 def read_prsa(path: Sources, *, keep_missing: bool = False, require_labels: bool = True) -> Table:
@@ -299,30 +307,36 @@ def read_generic(path: Sources, schema_path: PathLike | GenericSchemaFile, *, re
             raise DataError(file, f"columns {absent} named in schema {schema_path} are not in the file")
     scan = _scanner(null_values=GENERIC_NULL_VALUES)
     dtypes = _collect(scan(files[:1]).head(0), files[0]).schema
+    query = _generic_query(spec, dtypes, labels, files[0])
+    query.drop_if_missing = spec.labels if require_labels else ()
+    frame, rows_in, dropped = _run(_describe(path), files, scan, query)
+    return Table(frame, schema, _describe(path), rows_in, dropped)
 
+
+def _generic_query(spec: GenericSchemaFile, dtypes: pl.Schema, labels: Sequence[str], path: Path) -> _Query:
+    """The parsing of columns of ``dtypes`` into the normalized layout of ``spec``, the ``labels``
+    given (others are null); see :func:`read_generic`. ``path`` names the data in errors."""
     query = _Query()
     entity = [pl.col(name).cast(pl.String) for name in spec.entity]
     for name, part in zip(spec.entity, entity):
         query.check(name, part.is_null(), "a value (part of the entity key)")
     if len(spec.time) == 1:
-        timestamp = _time_column(query, files[0], spec.time[0], dtypes[spec.time[0]], spec)
+        timestamp = _time_column(query, path, spec.time[0], dtypes[spec.time[0]], spec)
     else:
         timestamp = _as_datetime(_epoch_minutes(query, [(name, _integer(name, pl.Int32)) for name in spec.time]))
     query.values = {ENTITY: pl.concat_str(entity, separator="|"), TIME: timestamp}
     for name in spec.categorical:
         query.values[name] = pl.col(name).cast(pl.String)
     for name in spec.numeric:
-        query.values[name] = _generic_number(query, files[0], name, dtypes[name])
+        query.values[name] = _generic_number(query, path, name, dtypes[name])
     for name in spec.labels:
         if name not in labels:
             query.values[name] = pl.lit(None, pl.Int8 if spec.task == "classification" else pl.Float64)
         elif spec.task == "classification":
             query.values[name] = _class_label(query, name, spec.positive_values)
         else:
-            query.values[name] = _generic_number(query, files[0], name, dtypes[name])
-    query.drop_if_missing = spec.labels if require_labels else ()
-    frame, rows_in, dropped = _run(_describe(path), files, scan, query)
-    return Table(frame, schema, _describe(path), rows_in, dropped)
+            query.values[name] = _generic_number(query, path, name, dtypes[name])
+    return query
 
 
 _READERS: dict[str, Callable[..., Table]] = {"card": read_card, "prsa": read_prsa, "generic": read_generic}
@@ -345,6 +359,56 @@ def read_source(kind: str, path: Sources, *, schema: PathLike | GenericSchemaFil
     if schema is not None:
         raise TabbertError(f"source {kind!r} has a built-in schema; a schema file is only for 'generic'")
     return reader(path, **options)
+
+
+def read_records(kind: str, records: Sequence[Mapping[str, object]], *, schema: GenericSchemaFile | None = None,
+                 source: str = "transactions") -> pl.DataFrame:
+    """Rows given as mappings of column name to value (JSON values: text, numbers or null) in the
+    normalized layout, read by the rules of a file of ``kind``: ``card``, or ``generic`` with its
+    loaded ``schema``. Labels are not read. Errors name ``source``, the column and the 1-based record."""
+    columns = record_columns(kind, schema)
+    if not records:
+        raise DataError(source, "no records to read")
+    if kind == "card":
+        query, allowed = _card_query(labelled=False), set(CARD_COLUMNS)
+    else:  # as in files, columns the schema does not name are ignored
+        query, allowed = _generic_query(schema, pl.Schema(dict.fromkeys(columns, pl.String)), (), Path(source)), None
+    raw = {name: [] for name in columns}
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, Mapping):
+            raise DataError(source, f"expected an object of column values, got {type(record).__name__}", row=number)
+        missing = [name for name in columns if name not in record]
+        unknown = [] if allowed is None else [name for name in record if name not in allowed]
+        if missing or unknown:
+            problem = f"missing fields {missing}" if missing else f"unknown fields {unknown}"
+            raise DataError(source, f"{problem} (expected {columns})", column=(missing or unknown)[0], row=number)
+        for name in columns:
+            raw[name].append(_record_text(source, record[name], name, number))
+    frame = pl.DataFrame(raw, schema={name: pl.String for name in columns}).with_row_index(ROW)
+    parsed = _plan(frame.lazy(), query).collect()
+    if parsed[_BAD].any():
+        _raise_bad_value(source, _first_bad(frame.lazy(), query).collect().row(0, named=True), query)
+    return parsed.drop(_BAD)
+
+
+def record_columns(kind: str, schema: GenericSchemaFile | None = None) -> list[str]:
+    """The columns a record of ``kind`` (``card``, or ``generic`` with its ``schema``) must hold to be scored."""
+    if kind == "card":
+        return [name for name in CARD_COLUMNS if name != CARD_LABEL]
+    if kind == "generic" and schema is not None:
+        return list(dict.fromkeys((*schema.entity, *schema.time, *schema.table_schema().field_names)))
+    raise TabbertError(f"cannot read records of source {kind!r}" + (" without its schema" if kind == "generic" else ""))
+
+
+def _record_text(source: str, value: object, column: str, number: int) -> str | None:
+    """A JSON value as the text a CSV would hold (empty text and null: missing)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(source, f"bad value {value!r}; expected text, a number or null", column=column, row=number)
 
 
 def read_columns(path: Sources, names: Sequence[str]) -> pl.DataFrame:
@@ -559,20 +623,27 @@ def _plan(raw: pl.LazyFrame, query: _Query, last_columns: Sequence[str] = ()) ->
 
 def _raise_first_bad(files: list[Path], scan: Scan, query: _Query) -> NoReturn:
     """Scan ``files`` again for the first row breaking a check and raise a DataError naming it."""
-    flags = [f"{_BAD}{i}" for i in range(len(query.checks))]
-    first_per_file = [
-        scan([file])
-        .with_columns(**query.parsed)
-        .with_columns(*(check.bad.alias(flag) for check, flag in zip(query.checks, flags)), pl.lit(number).alias(_FILE))
-        .filter(pl.any_horizontal(flags))
-        .head(1)
-        for number, file in enumerate(files)
-    ]
+    first_per_file = [_first_bad(scan([file]), query).with_columns(pl.lit(number).alias(_FILE))
+                      for number, file in enumerate(files)]
     hit = _collect(pl.concat(first_per_file, how="diagonal_relaxed").head(1), files[0]).row(0, named=True)
-    check = next(check for check, flag in zip(query.checks, flags) if hit[flag])
+    _raise_bad_value(files[hit[_FILE]], hit, query)
+
+
+def _first_bad(raw: pl.LazyFrame, query: _Query) -> pl.LazyFrame:
+    """The first row of ``raw`` that breaks a check, with a flag per check (``__bad<i>``)."""
+    flags = [f"{_BAD}{i}" for i in range(len(query.checks))]
+    return (raw.with_columns(**query.parsed)
+            .with_columns(check.bad.alias(flag) for check, flag in zip(query.checks, flags))
+            .filter(pl.any_horizontal(flags))
+            .head(1))
+
+
+def _raise_bad_value(source: PathLike, hit: dict, query: _Query) -> NoReturn:
+    """The DataError naming the first check the row ``hit`` (from :func:`_first_bad`) breaks."""
+    check = next(check for i, check in enumerate(query.checks) if hit[f"{_BAD}{i}"])
     value = hit[check.column]
     found = "missing value" if value is None else f"bad value {value!r}"
-    raise DataError(files[hit[_FILE]], f"{found}; expected {check.expected}", column=check.column, row=hit[ROW] + 1)
+    raise DataError(source, f"{found}; expected {check.expected}", column=check.column, row=hit[ROW] + 1)
 
 
 def _collect(plan: pl.LazyFrame, path: PathLike) -> pl.DataFrame:

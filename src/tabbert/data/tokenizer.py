@@ -150,12 +150,15 @@ class TabularTokenizer:
         if missing:
             raise TabbertError(f"cannot encode: columns {missing} are missing from the table")
 
-    def encode(self, frame: pl.DataFrame, order: RowOrder | None = None) -> np.ndarray:
+    def encode(self, frame: pl.DataFrame, order: RowOrder | None = None,
+               previous: np.ndarray | None = None) -> np.ndarray:
         """Global ids ``[n_rows, n_fields]`` (int32) of a normalized frame, row order kept.
 
         Unseen categories map to the field's [UNK], nulls to its [MISSING]. The time features
         read the rows in :func:`row_order` (``order``, when the caller has it already), so
-        ``time.gap`` looks at the entity's previous row wherever it sits in ``frame``.
+        ``time.gap`` looks at the entity's previous row wherever it sits in ``frame``. Rows that
+        continue an entity's earlier rows give ``previous``: each entity's (in ``order``) time
+        before its first row here, epoch microseconds (NaN: none), which that row's gap counts from.
         """
         self._check_columns(frame)
         if self.schema.recency:
@@ -165,7 +168,7 @@ class TabularTokenizer:
         for j, encoder in enumerate(self.fields):
             if is_time_feature(encoder):
                 order = row_order(frame, self.schema) if order is None else order
-                values = time_feature(encoder.source, order.times, order.entity_offsets)
+                values = time_feature(encoder.source, order.times, order.entity_offsets, previous)
                 rows = slice(None) if order.order is None else order.order
                 out[rows, j] = encoder.encode(values)
             else:

@@ -277,7 +277,8 @@ def forward_windows(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
 
 def classifier_logits(model: SequenceHeadModel) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """The step that gives a fine-tuned model's head outputs for a batch of windows."""
-    model.eval()
+    if model.training:  # eval() walks every module: a cost a per-transaction caller should not pay twice
+        model.eval()
     return lambda input_ids, attention_mask: model(input_ids, attention_mask=attention_mask).logits
 
 

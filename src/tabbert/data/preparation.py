@@ -37,6 +37,7 @@ from tabbert.data.windows import (
 )
 from tabbert.errors import ArtifactError, DataError, TabbertError
 from tabbert.options import PrepareOptions
+from tabbert.run_layout import run_paths
 from tabbert.threads import resolve_threads
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -114,10 +115,8 @@ def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOpt
 
 
 def run_tokenizer(path: str | Path) -> tuple[TabularTokenizer, Path]:
-    """The tokenizer saved with the run at ``path`` (``RUN`` or ``RUN/model``, resolved as
-    :func:`tabbert.runs.run_paths` resolves them) and its file."""
-    from tabbert.runs import run_paths
-
+    """The tokenizer saved with the run at ``path`` (``RUN`` or ``RUN/model``: see
+    :func:`~tabbert.run_layout.run_paths`) and its file."""
     _, model_dir = run_paths(path)
     file = model_dir / "tokenizer.json"
     if not file.is_file():
@@ -295,7 +294,8 @@ def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter
 
 
 def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray, ordering: Future[_Ordered],
-                threads: int = FIT_THREADS, fitted: TabularTokenizer | None = None) -> tuple[TabularTokenizer, np.ndarray]:
+                threads: int = FIT_THREADS,
+                fitted: TabularTokenizer | None = None) -> tuple[TabularTokenizer, np.ndarray]:
     """The tokenizer fitted on ``train_rows`` and the ids of every row in order, from one pass over each field.
 
     The ids are those ``TabularTokenizer(schema).fit(frame, train_rows).encode(frame)`` gives, in

@@ -55,6 +55,9 @@ def test_card_rows_without_labels_prepare_for_pretraining_only(unlabelled, pretr
     embeddings = pretrained.parent / "embeddings.parquet"
     assert main(["embed", "--model", str(pretrained), "--data", str(unlabelled.path), "--out", str(embeddings)]) == 0
     assert pl.read_parquet(embeddings).columns == ["start", "entity", "split", "row_id", "last", "mean"]
+    surprise = pretrained.parent / "surprise.parquet"
+    assert main(["anomaly", "--model", str(pretrained), "--data", str(unlabelled.path), "--out", str(surprise)]) == 0
+    assert "label" not in pl.read_parquet(surprise).columns
     with pytest.raises(TabbertError, match=f"{unlabelled.path}: the dataset has no labels"):
         finetune(unlabelled.path, pretrained.parent / "refused", pretrained=pretrained, progress=False)
     assert not (pretrained.parent / "refused").exists()

@@ -106,6 +106,9 @@ def test_generic_rows_without_their_label_column_prepare_for_pretraining(tmp_pat
     dataset = prepare("generic", data, tmp_path / "unlabelled", schema=str(schema), seq_len=5)
     assert dataset.meta["labelled"] is False and dataset.labels is None
     assert dataset.meta["rows_kept"] == dataset.meta["rows_in"] and dataset.meta["dropped"] == {}
+    pretrain(dataset.path, tmp_path / "pre", **{**TINY_PRETRAIN, "max_steps": 1})
+    with pytest.raises(TabbertError, match="has no labels \\(its rows were read without \\['fraud'\\]\\)"):
+        finetune(dataset.path, tmp_path / "ft", encoder="raw", size="tiny", progress=False)
     pl.read_csv(data).with_columns(fraud=pl.lit("0")).write_csv(tmp_path / "half.csv")
     folder = tmp_path / "folder"
     folder.mkdir()

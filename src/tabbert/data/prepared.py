@@ -113,10 +113,12 @@ class PreparedDataset:
     def require_labels(self) -> None:
         """Raise :class:`TabbertError` when the dataset has no labels, saying what to do instead."""
         if not self.labelled:
+            labels = self.meta["labels"]
+            why = f"its rows were read without {labels}" if labels else "its schema names no label columns"
             raise TabbertError(
-                f"{self.path}: the dataset has no labels (its rows were read without {self.meta['labels']}), so it "
-                "serves pre-training only; fine-tuning, baselines and evaluation need a labelled dataset: prepare "
-                "labelled rows, with --tokenizer RUN/model to share the pre-training run's vocabulary"
+                f"{self.path}: the dataset has no labels ({why}), so it serves pre-training only; fine-tuning, "
+                "baselines and evaluation need a labelled dataset: prepare labelled rows, with --tokenizer "
+                "RUN/model to share the pre-training run's vocabulary"
             )
 
     @cached_property

@@ -11,6 +11,8 @@ window in the prepared token matrix), ``entity`` and ``split``. Then, by ``level
   ``position`` in the window (0 = oldest), the row's ``row_id``, its ``label``/``target`` and
   ``embedding`` (the encoder output at that row).
 
+A dataset prepared without labels has no ``label``/``target`` column.
+
 Embeddings are fixed-size lists of float32, e.g. ``np.stack(polars.read_parquet(f)["mean"])``.
 """
 
@@ -88,13 +90,13 @@ def row_embeddings(encoder, tokens: np.ndarray, entity_start: np.ndarray, seq_le
 
 def _schema(data: PreparedDataset, width: int, level: str) -> pa.Schema:
     vector = pa.list_(pa.float32(), width)
-    outcome = (pa.field("label", pa.int8()) if data.task == "classification"
-               else pa.field("target", pa.list_(pa.float32(), data.targets.shape[1])))
+    outcome = [] if not data.labelled else [pa.field("label", pa.int8()) if data.task == "classification"
+                                             else pa.field("target", pa.list_(pa.float32(), data.targets.shape[1]))]
     identity = [pa.field("start", pa.int64()), pa.field("entity", pa.string()), pa.field("split", pa.string())]
     if level == "window":
-        return pa.schema([*identity, pa.field("row_id", pa.int64()), outcome,
+        return pa.schema([*identity, pa.field("row_id", pa.int64()), *outcome,
                           pa.field("last", vector), pa.field("mean", vector)])
-    return pa.schema([*identity, pa.field("position", pa.int16()), pa.field("row_id", pa.int64()), outcome,
+    return pa.schema([*identity, pa.field("position", pa.int16()), pa.field("row_id", pa.int64()), *outcome,
                       pa.field("embedding", vector)])
 
 
@@ -124,7 +126,10 @@ def _records(data: PreparedDataset, starts: np.ndarray, splits: np.ndarray, hidd
 
 
 def _outcome(data: PreparedDataset, rows: np.ndarray, window_starts: np.ndarray | None = None) -> dict:
-    """``label`` of the rows (of the windows: positive when any row is) or ``target`` of the rows."""
+    """``label`` of the rows (of the windows: positive when any row is) or ``target`` of the rows; nothing
+    for a dataset without labels."""
+    if not data.labelled:
+        return {}
     if data.task == "classification":
         labels = np.asarray(data.labels)[rows] if window_starts is None else data.window_labels(window_starts, "any")
         return {"label": labels.astype(np.int8)}

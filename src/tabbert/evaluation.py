@@ -100,6 +100,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     if run.model.config.task != "classification" and threshold is not None:
         raise TabbertError(f"{run.run_dir}: a threshold applies to classification models only")
     data = PreparedDataset(data_dir)
+    data.require_labels()
     check_compatible(run, data)
     run.model.to(choose_device(device))
     chosen = None

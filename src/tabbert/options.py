@@ -233,6 +233,10 @@ class PrepareOptions(Options):
                                                    help="card: time fields to derive (default hour weekday gap; "
                                                    "'timestamp' is the reference's)")
     seed: int = option(0, help="seed of the split")
+    tokenizer: str | None = option(None, metavar="RUN/model",
+                                   help="encode with this pre-training run's tokenizer (vocabularies, bins, recency "
+                                   "fields) instead of fitting one; unseen values become [UNK] (default: fit one on "
+                                   "the training rows)")
     threads: int | None = threads_option(help="threads that fit the fields and derive the recency fields (default 2, "
                                          "or 1 when the machine is busy)")
     device: str = device_option(help="prepare runs on the CPU: auto or cpu (cuda is refused)")
@@ -241,6 +245,8 @@ class PrepareOptions(Options):
         split_fractions(self.fractions)
         if self.device not in ("auto", "cpu"):
             raise TabbertError(f"prepare runs on the CPU; --device {self.device} is not available to it")
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", str(self.tokenizer))
 
     def reader_options(self) -> dict:
         """The options of the source's reader that differ from its defaults."""

@@ -52,6 +52,7 @@ from tabbert.models.configuration import TabBertConfig
 from tabbert.models.raw import RawFieldsForSequenceClassification
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertForNextRowModeling, TabBertModel
 from tabbert.progress import track
+from tabbert.run_layout import run_paths
 
 # what a model directory holds, by the model_type of its config.json: the run kind and how to name it
 KINDS = {TabBertConfig.model_type: ("encoder", "pre-trained TabBERT"),
@@ -80,15 +81,6 @@ class Run:
     @property
     def config(self) -> TabBertConfig:
         return self.model.config
-
-
-def run_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(run_dir, model_dir)`` of a run directory or of its model directory (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such run or model directory")
-    model_dir = path if (path / "config.json").is_file() or not (path / "model").is_dir() else path / "model"
-    return (model_dir.parent if model_dir.name == "model" else model_dir), model_dir
 
 
 def load_run(path: str | Path, *, expect: str | None = None, heads: bool = False) -> Run:

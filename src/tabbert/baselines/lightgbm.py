@@ -80,6 +80,7 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     out = Path(out_dir)
     check_output_dir(out)
     data = PreparedDataset(data_dir)
+    data.require_labels()
     if options.features == "history":
         return _train_rows(data, out, options)
     layout = WindowFeatures.from_dataset(data)

@@ -205,6 +205,7 @@ def evaluate_rows(run_path: str | Path, data_dir: str | Path, split: str = "test
     model = RowModel.load(run_path)
     chosen = stored_threshold(model.run_dir, task=model.task, saved=model.threshold, spec=threshold)
     data = PreparedDataset(data_dir)
+    data.require_labels()
     if data.tokenizer.fingerprint() != model.tokenizer.fingerprint():
         raise ArtifactError(f"{data.path}: tokenized with another tokenizer than the run's; prepare the data with "
                             "the run's schema and training rows")

@@ -36,8 +36,13 @@ def summary(meta: dict) -> str:
         (f"entities shorter than {meta['seq_len']} rows", meta["short_entities"]["count"]),
         ("fields", len(meta["fields"])),
     ]
+    if "tokenizer_from" in meta:
+        rows.append(("tokenizer reused from", meta["tokenizer_from"]))
+        rows += [(f"unseen values ([UNK]): {name}", count) for name, count in meta["unseen"].items()]
     for split in SPLITS:
         rows.append((f"windows {split}", meta["windows"][split]))
+    if not meta.get("labelled", True):
+        rows.append(("labels", "none: for pre-training only"))
     if "positive_windows" in meta:
         rows.append(("positive rows", meta["positive_rows"]))
         rate = meta["positive_rows"] / max(meta["rows_kept"], 1)

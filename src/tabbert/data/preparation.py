@@ -17,12 +17,12 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.codes import categorical_fields, raw_codes
-from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
+from tabbert.data.encoders import FIELD_UNK, CategoricalEncoder, FieldEncoder, id_dtype
 from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.recency import with_recency
-from tabbert.data.schema import ROW, Table, TableSchema
-from tabbert.data.sources import read_source
+from tabbert.data.schema import ROW, FieldSpec, Table, TableSchema
+from tabbert.data.sources import has_labels, read_source
 from tabbert.data.tokenizer import TabularTokenizer, field_encoders, is_time_feature, row_order
 from tabbert.data.windows import (
     SPLIT_METHODS,
@@ -35,8 +35,9 @@ from tabbert.data.windows import (
     window_labels,
     window_starts,
 )
-from tabbert.errors import DataError, TabbertError
+from tabbert.errors import ArtifactError, DataError, TabbertError
 from tabbert.options import PrepareOptions
+from tabbert.run_layout import run_paths
 from tabbert.threads import resolve_threads
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -75,43 +76,100 @@ def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOpt
     """Read ``input`` with the ``source`` reader and write the prepared dataset to ``out``.
 
     ``options`` and ``settings`` (its fields by name: ``seq_len``, ``stride``, ``split``,
-    ``fractions``, ``cutoffs``, ``seed``, ``schema``, ``keep_missing``, ``time_features``) are
-    :class:`~tabbert.options.PrepareOptions`. ``split`` is ``entity`` (default: each entity's
-    windows in one split, no leakage), ``time`` (by the time of a window's newest row;
+    ``fractions``, ``cutoffs``, ``seed``, ``schema``, ``keep_missing``, ``time_features``,
+    ``tokenizer``) are :class:`~tabbert.options.PrepareOptions`. ``split`` is ``entity`` (default:
+    each entity's windows in one split, no leakage), ``time`` (by the time of a window's newest row;
     ``cutoffs`` are the ISO dates where validation and test begin, else row-time quantiles of
     ``fractions``) or ``random`` (the reference protocol: windows shuffled into splits;
     overlapping windows of one entity leak across splits).
+
+    Input without its label columns (card without ``Is Fraud?``, generic without the schema's
+    labels) gives a dataset for pre-training only: ``meta["labelled"]`` is False. ``tokenizer``
+    (a run, ``RUN`` or ``RUN/model``) encodes the rows with that run's tokenizer instead of fitting
+    one; values it never saw become [UNK].
     """
     options = PrepareOptions.create(options, source=source, **settings)
     check_output_dir(Path(out))
     if not Path(input).exists():
         raise DataError(input, "input not found")
     started = time.perf_counter()
+    reader_options = options.reader_options()
+    tokenizer = tokenizer_file = None
+    if options.tokenizer is not None:
+        tokenizer, tokenizer_file = run_tokenizer(options.tokenizer)
+        if source == "card" and not options.time_features:
+            reader_options["time_features"] = tokenizer.schema.time_features
+    labelled = has_labels(source, input, schema=options.schema)
     # the input is hashed beside the reading, on the time the reader leaves a core idle
     with ThreadPoolExecutor(max_workers=1, initializer=_lowest_priority) as pool:
         digest = pool.submit(source_digest, input)
-        table = read_source(source, input, schema=options.schema, **options.reader_options())
+        table = read_source(source, input, schema=options.schema, require_labels=labelled, **reader_options)
         read_seconds = round(time.perf_counter() - started, 3)
         source_info = {"kind": source, "path": str(Path(input).resolve()), "read_seconds": read_seconds}
         return prepare_table(
             table, out, seq_len=options.seq_len, stride=options.stride, split=options.split,
             fractions=options.fractions, cutoffs=options.cutoffs, seed=options.seed, source_info=source_info,
             digest=digest, started=started, threads=resolve_threads(options.threads) or FIT_THREADS,
+            tokenizer=tokenizer, tokenizer_from=tokenizer_file,
         )
+
+
+def run_tokenizer(path: str | Path) -> tuple[TabularTokenizer, Path]:
+    """The tokenizer saved with the run at ``path`` (``RUN`` or ``RUN/model``: see
+    :func:`~tabbert.run_layout.run_paths`) and its file."""
+    _, model_dir = run_paths(path)
+    file = model_dir / "tokenizer.json"
+    if not file.is_file():
+        raise ArtifactError(f"{model_dir}: no tokenizer.json; --tokenizer takes a pre-training run (RUN or RUN/model)")
+    return TabularTokenizer.load(file), file
+
+
+def check_reusable(tokenizer: TabularTokenizer, schema: TableSchema, where: str) -> None:
+    """Refuse to encode a table of ``schema`` with ``tokenizer`` unless both name the same source,
+    fields (with their bins), time features and recency fields."""
+    fitted = tokenizer.schema
+    differences = [
+        f"{what} {mine} here, {theirs} in the tokenizer"
+        for what, mine, theirs in (
+            ("source", schema.source, fitted.source),
+            ("fields", [_describe(f) for f in schema.fields], [_describe(f) for f in fitted.fields]),
+            ("time features", list(schema.time_features), list(fitted.time_features)),
+            ("time bins", schema.time_bins, fitted.time_bins),
+            ("recency fields", list(schema.recency), list(fitted.recency)),
+        )
+        if mine != theirs
+    ]
+    if differences:
+        raise TabbertError(f"{where}: the schema does not match the tokenizer's ({'; '.join(differences)}); "
+                           "prepare with the source and schema the tokenizer was fitted on")
+
+
+def _describe(field: FieldSpec) -> str:
+    """A field as the schema check names it: name, kind, and what fitting it depends on."""
+    if field.kind == "numeric":
+        return f"{field.name} (numeric, {field.n_bins} bins)"
+    return f"{field.name} (categorical{f', min count {field.min_count}' if field.min_count > 1 else ''})"
 
 
 def prepare_table(table: Table, out: str | Path, *, seq_len: int = 10, stride: int = 5, split: str = "entity",
                   fractions=DEFAULT_FRACTIONS, cutoffs=None, seed: int = 0, source_info: dict | None = None,
-                  digest=None, started: float | None = None, threads: int = FIT_THREADS) -> PreparedDataset:
+                  digest=None, started: float | None = None, threads: int = FIT_THREADS,
+                  tokenizer: TabularTokenizer | None = None, tokenizer_from: str | Path | None = None,
+                  ) -> PreparedDataset:
     """Prepare an already-read :class:`Table` (see :func:`prepare` for the options); ``threads`` fit
-    the fields and derive the recency fields."""
+    the fields and derive the recency fields. ``tokenizer``, fitted already, encodes the rows instead
+    of one fitted on the training rows (``tokenizer_from``: where it was read from, for the metadata)."""
     started = time.perf_counter() if started is None else started
     _check_options(out, seq_len, stride, split, fractions)
     if table.frame.height == 0:
         raise DataError(table.path, f"no rows left to prepare ({table.rows_in} read, dropped: {table.dropped})")
+    if tokenizer is not None:
+        check_reusable(tokenizer, table.schema, table.path)
     table.check_time_features()
     with PreparedWriter(out) as writer:
-        meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed, threads)
+        meta = _prepare_table(table, writer, seq_len, stride, split, fractions, cutoffs, seed, threads, tokenizer)
+        if tokenizer is not None:
+            meta["tokenizer_from"] = str(tokenizer_from or "a tokenizer given")
         meta["source"] = dict(source_info or {"kind": table.schema.source, "path": table.path})
         if digest is not None:
             meta["source"]["sha256"] = digest.result()
@@ -149,7 +207,7 @@ class _Ordered(NamedTuple):
 
 
 def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed,
-                   threads: int = FIT_THREADS) -> dict:
+                   threads: int = FIT_THREADS, fitted: TabularTokenizer | None = None) -> dict:
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
 
     A second thread sorts the rows; the raw-value codes are taken in that order (they feed the
@@ -202,7 +260,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         if schema.recency:  # the recency fields need the row order and codes before the fields are fitted
             frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order,
                                  codes=_recency_codes(schema, codes), threads=threads)
-        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering, threads)
+        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering, threads, fitted)
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
         value_columns, windows, label_stats = rest.result()
@@ -211,6 +269,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     meta = {
         "task": schema.task,
         "labels": list(schema.labels),
+        "labelled": table.labelled,
         "seq_len": seq_len,
         "stride": stride,
         "split": split_info,
@@ -219,7 +278,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         "dropped": dict(table.dropped),
         "entities": len(entities),
         "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
-        "tokenizer_rows": int(train_rows.sum()),
+        **({"unseen": unseen_counts(tokenizer, tokens)} if fitted else {"tokenizer_rows": int(train_rows.sum())}),
         "fields": tokenizer.field_names,
         "value_columns": value_columns,
         "windows": windows,
@@ -238,17 +297,18 @@ def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter
     return _Ordered(rows, time_feature("gap", rows.times, rows.entity_offsets))
 
 
-def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray,
-                ordering: Future[_Ordered], threads: int = FIT_THREADS) -> tuple[TabularTokenizer, np.ndarray]:
+def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray, ordering: Future[_Ordered],
+                threads: int = FIT_THREADS,
+                fitted: TabularTokenizer | None = None) -> tuple[TabularTokenizer, np.ndarray]:
     """The tokenizer fitted on ``train_rows`` and the ids of every row in order, from one pass over each field.
 
     The ids are those ``TabularTokenizer(schema).fit(frame, train_rows).encode(frame)`` gives, in
     the order ``ordering`` brings, stored in the narrowest type holding the vocabulary. The
     fields are fitted on their own threads while another computes the order; the table's fields
     need it only when their ids go into the matrix, which the same threads fill a block of rows
-    at a time.
+    at a time. With ``fitted`` (a tokenizer of the same schema) its fields encode the rows, unfitted.
     """
-    encoders = field_encoders(schema)
+    encoders = field_encoders(schema) if fitted is None else fitted.fields
 
     @cache
     def train_rows_in_order() -> np.ndarray:
@@ -259,8 +319,10 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
         """The field's local ids, and whether they come in output order (else in frame order)."""
         if is_time_feature(encoder):
             values = ordering.result().time_feature(encoder.source)
-            return encoder.fit_encode(values, train_rows_in_order()), True
-        return encoder.fit_encode(frame.get_column(encoder.source), train_rows), False
+            ids = encoder.encode(values) if fitted else encoder.fit_encode(values, train_rows_in_order())
+            return ids, True
+        column = frame.get_column(encoder.source)
+        return (encoder.encode(column) if fitted else encoder.fit_encode(column, train_rows)), False
 
     # text and wide-ranging integers go through a hash map, which takes longest: those fields
     # start first, while the rest share the other threads
@@ -287,6 +349,17 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
 
         list(pool.map(assemble, range(0, frame.height, ASSEMBLY_ROWS)))
     return tokenizer, tokens
+
+
+def unseen_counts(tokenizer: TabularTokenizer, tokens: np.ndarray) -> dict[str, int]:
+    """Rows whose value of a categorical field the tokenizer never saw ([UNK]), per field that has any."""
+    counts = {}
+    for j, encoder in enumerate(tokenizer.fields):
+        if isinstance(encoder, CategoricalEncoder):
+            count = int(np.count_nonzero(tokens[:, j] == encoder.offset + FIELD_UNK))
+            if count:
+                counts[encoder.name] = count
+    return counts
 
 
 def _recency_codes(schema: TableSchema, codes: np.ndarray) -> dict[str, np.ndarray]:
@@ -318,14 +391,14 @@ def _write_rows_and_windows(table: Table, writer: PreparedWriter, ordering: Futu
     # source row numbers fit in int64: the same bits, read as signed
     writer.add_array("row_ids", _ordered(frame.get_column(ROW).to_numpy(), order).view(np.int64))
     label_stats: dict = {}
-    if schema.task == "classification" and schema.labels:
+    if table.labelled and schema.task == "classification" and schema.labels:
         labels = _ordered(frame.get_column(schema.labels[0]).to_numpy(), order).astype(np.int8, copy=False)
         writer.add_array("labels", labels)
         label_stats["positive_rows"] = int(labels.sum())
         label_stats["positive_windows"] = {}
         label_stats["positive_window_rule"] = "any"  # a window is positive when any of its rows is
         positive_windows = window_labels(labels, starts, seq_len, "any")
-    elif schema.task == "regression":
+    elif table.labelled and schema.task == "regression":
         targets = _ordered(frame.select(schema.labels).to_numpy(), order).astype(np.float32, copy=False)
         writer.add_array("targets", targets)
     counts = {}

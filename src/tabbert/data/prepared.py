@@ -6,7 +6,8 @@ Directory layout (all arrays are ``.npy``, memory-mapped on load, never pickled)
                          the narrowest type holding the vocabulary
     entity_offsets.npy   int64 [n_entities + 1]    where each entity's rows start
     labels.npy           int8  [n_rows]            classification label per row, or
-    targets.npy          float32 [n_rows, n_targets]  regression targets per row
+    targets.npy          float32 [n_rows, n_targets]  regression targets per row (neither when the rows
+                         came without labels: ``meta["labelled"]`` is false)
     values.npy           float32 [n_rows, n_values] raw numeric fields and the gap in seconds (NaN: none)
     codes.npy            int32 [n_rows, n_codes]   raw value of each categorical schema field as a dense
                          code (same value, same code; null -1; no frequency cut-off)
@@ -104,13 +105,29 @@ class PreparedDataset:
     def n_rows(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the rows came with their labels (False: prepared for pre-training only)."""
+        return bool(self.meta.get("labelled", True))
+
+    def require_labels(self) -> None:
+        """Raise :class:`TabbertError` when the dataset has no labels, saying what to do instead."""
+        if not self.labelled:
+            labels = self.meta["labels"]
+            why = f"its rows were read without {labels}" if labels else "its schema names no label columns"
+            raise TabbertError(
+                f"{self.path}: the dataset has no labels ({why}), so it serves pre-training only; fine-tuning, "
+                "baselines and evaluation need a labelled dataset: prepare labelled rows, with --tokenizer "
+                "RUN/model to share the pre-training run's vocabulary"
+            )
+
     @cached_property
     def labels(self) -> np.ndarray | None:
-        return self._array("labels", mmap=True) if self.task == "classification" else None
+        return self._array("labels", mmap=True) if self.labelled and self.task == "classification" else None
 
     @cached_property
     def targets(self) -> np.ndarray | None:
-        return self._array("targets", mmap=True) if self.task == "regression" else None
+        return self._array("targets", mmap=True) if self.labelled and self.task == "regression" else None
 
     @cached_property
     def values(self) -> np.ndarray:

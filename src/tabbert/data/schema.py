@@ -131,13 +131,18 @@ class TableSchema:
 
 @dataclass
 class Table:
-    """A source read into the normalized layout, with what was dropped on the way."""
+    """A source read into the normalized layout, with what was dropped on the way.
+
+    ``labelled`` is False when the rows were read without their label columns (rows to
+    pre-train on or to score): the label columns are then null.
+    """
 
     frame: pl.DataFrame
     schema: TableSchema
     path: str
     rows_in: int
     dropped: dict[str, int] = field(default_factory=dict)
+    labelled: bool = True
 
     @property
     def rows_kept(self) -> int:

@@ -178,7 +178,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     if not _is_parquet(files[0]):
         typed_scan = _scanner(types={name: CARD_CSV_TYPES[name] for name in expected})
     frame, rows_in, dropped = _run(_describe(path), files, scan, _card_query(labelled), typed_scan=typed_scan)
-    return Table(frame, _card_schema(time_features), _describe(path), rows_in, dropped)
+    return Table(frame, _card_schema(time_features), _describe(path), rows_in, dropped, labelled=labelled)
 
 
 def _card_query(labelled: bool) -> _Query:
@@ -310,7 +310,7 @@ def read_generic(path: Sources, schema_path: PathLike | GenericSchemaFile, *, re
     query = _generic_query(spec, dtypes, labels, files[0])
     query.drop_if_missing = spec.labels if require_labels else ()
     frame, rows_in, dropped = _run(_describe(path), files, scan, query)
-    return Table(frame, schema, _describe(path), rows_in, dropped)
+    return Table(frame, schema, _describe(path), rows_in, dropped, labelled=bool(labels))
 
 
 def _generic_query(spec: GenericSchemaFile, dtypes: pl.Schema, labels: Sequence[str], path: Path) -> _Query:
@@ -340,6 +340,36 @@ def _generic_query(spec: GenericSchemaFile, dtypes: pl.Schema, labels: Sequence[
 
 
 _READERS: dict[str, Callable[..., Table]] = {"card": read_card, "prsa": read_prsa, "generic": read_generic}
+
+
+def has_labels(kind: str, path: Sources, *, schema: PathLike | GenericSchemaFile | None = None) -> bool:
+    """Whether the files of a source hold its label columns: every file all of them (True), or none
+    of them (False: rows to pre-train on or to score). Only the headers are read; a file holding
+    some of the label columns, or files that disagree, are an error."""
+    if kind == "card":
+        labels, patterns = (CARD_LABEL,), DATA_FILE_PATTERNS
+    elif kind == "prsa":
+        labels, patterns = PRSA_TARGETS, ("PRSA_Data_*.csv",)
+    elif kind == "generic":
+        if schema is None:
+            raise TabbertError("the generic source needs a schema file")
+        spec = schema if isinstance(schema, GenericSchemaFile) else GenericSchemaFile.load(schema)
+        labels, patterns = spec.labels, DATA_FILE_PATTERNS
+    else:
+        raise TabbertError(f"unknown source {kind!r}; choose from {sorted(_READERS)}")
+    if not labels:
+        return False
+    held = []
+    for file in _source_files(path, patterns):
+        present = [name for name in labels if name in _columns(file)]
+        if present and len(present) < len(labels):
+            raise DataError(file, f"holds label columns {present} but not {[n for n in labels if n not in present]}; "
+                            f"give it all of {list(labels)} or none")
+        held.append(bool(present))
+    if len(set(held)) > 1:
+        raise DataError(_describe(path), f"some files hold the label columns {list(labels)} and others do not; "
+                        "give every file the labels, or none")
+    return held[0]
 
 
 def read_source(kind: str, path: Sources, *, schema: PathLike | GenericSchemaFile | None = None, **options) -> Table:

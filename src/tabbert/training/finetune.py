@@ -138,6 +138,7 @@ def finetune(data_dir: str | Path, out_dir: str | Path, options: FinetuneOptions
     """
     started = time.perf_counter()
     data = PreparedDataset(data_dir)
+    data.require_labels()
     options = FinetuneOptions.create(options, **settings).for_task(data.task, tuple(data.meta["labels"]))
     out = Path(out_dir)
     check_output_dir(out)

@@ -34,10 +34,10 @@ print(time.perf_counter() - t, frame.height, {PEAK_MB}, 0.0)
 """
 
 PREPARE = f"""
-import sys, time
+import os, sys, time
 from tabbert.data.preparation import prepare
 t = time.perf_counter()
-data = prepare("card", sys.argv[1], sys.argv[2])
+data = prepare("card", sys.argv[1], sys.argv[2], threads=os.cpu_count())
 print(time.perf_counter() - t, data.n_rows, {PEAK_MB}, data.meta["source"]["read_seconds"])
 """
 

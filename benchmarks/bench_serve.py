@@ -164,6 +164,35 @@ def commit_cost(model: Path, commits: int) -> dict[str, float]:
     return costs
 
 
+def forward_cost(model: Path, repeats: int = 50) -> dict[str, dict[str, float]]:
+    """Milliseconds per forward of the served model, eager against its TorchScript trace (what the
+    scorer runs), for a batch of one window and of 64, on one thread, in this process."""
+    import torch
+
+    from tabbert.runs import classifier_logits, load_run, traced_logits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = load_run(model, expect="classifier")
+    steps = {"eager": classifier_logits(run.model),
+             "traced": traced_logits(run.model, run.config.seq_len, len(run.tokenizer.fields))}
+    generator = torch.Generator().manual_seed(0)
+    costs: dict[str, dict[str, float]] = {name: {} for name in steps}
+    for batch in (1, 64):
+        ids = torch.randint(5, run.tokenizer.vocab_size, (batch, run.config.seq_len, len(run.tokenizer.fields)),
+                            generator=generator)
+        for name, step in steps.items():
+            with torch.inference_mode():
+                for _ in range(5):
+                    step(ids, None)
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    step(ids, None)
+            costs[name][f"batch_{batch}"] = round((time.perf_counter() - started) / repeats * 1000, 2)
+    torch.set_num_threads(threads)
+    return costs
+
+
 def predict_speed(model: Path, sent: list[dict]) -> float:
     """Transactions per second of ``predict`` on the sent transactions written as a file (loading included)."""
     from tabbert.inference import score_table
@@ -248,10 +277,12 @@ def main() -> int:
     _, streams = serving_data(args.warm_users, args.held_out_users, args.rows_per_user, args.seed)
     memory, levels, sent = measure_levels(model, streams, args)
     commits = commit_cost(model, 200)
+    forwards = forward_cost(model)
     predict_tx_per_s = predict_speed(model, sent)
     print(format_table([[c, f["requests"], f["tx_per_s"], f["p50_ms"], f["p95_ms"], f["p99_ms"]]
                         for c, f in levels.items()], ["concurrency", "requests", "tx/s", "p50 ms", "p95 ms", "p99 ms"]))
     print(f"memory: {memory}\ncommit of one entity state, ms: {commits}\n"
+          f"model forward, ms (one thread; the service runs the trace): {forwards}\n"
           f"predict on the {len(sent)} sent transactions as a file: {predict_tx_per_s:,.0f} tx/s")
     print(f"goal on 2 cores: p99 <= {TARGET_P99_MS} ms at concurrency 1, >= {TARGET_TX_PER_S} tx/s at concurrency 64")
 
@@ -272,7 +303,7 @@ def main() -> int:
         "model": str(model), "trained_here": args.model is None, "threads": args.threads,
         "batch_wait_ms": args.batch_wait_ms, "warm_users": args.warm_users, "state": "sqlite WAL, synchronous=NORMAL",
         "levels": {str(c): figures for c, figures in levels.items()}, "memory": memory,
-        "commit_ms_by_synchronous": commits, "predict_tx_per_s": round(predict_tx_per_s, 1),
+        "commit_ms_by_synchronous": commits, "forward_ms": forwards, "predict_tx_per_s": round(predict_tx_per_s, 1),
         "targets": {t.name: {"measured": t.measured, "target": t.target, "met": t.met} for t in targets},
     })
     return check(targets)

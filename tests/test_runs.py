@@ -25,12 +25,14 @@ from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.runs import (
     check_compatible,
     choose_device,
+    classifier_logits,
     forward_batches,
     forward_windows,
     load_run,
     padded_histories,
     prepared_windows,
     run_paths,
+    traced_logits,
 )
 from tabbert.training.finetune import finetune
 
@@ -285,3 +287,21 @@ def test_a_fine_tuned_model_of_each_encoder_kind_loads_as_its_class(workdir, fra
     save_classifier(model, fraud_cards.tokenizer, workdir / "tabbert-classifier" / "model")
     loaded = load_run(workdir / "tabbert-classifier").model
     assert type(loaded) is TabBertForSequenceClassification and loaded.config.freeze_encoder
+
+
+@pytest.mark.parametrize("head", ["lstm", "mlp"])
+def test_a_traced_classifier_scores_like_the_eager_one(workdir, fraud_cards, pretrain_run, head):
+    """Batches of one and of several windows, with and without padding, give the eager outputs."""
+    encoder = load_run(pretrain_run, expect="encoder").model
+    torch.manual_seed(0)
+    model = TabBertForSequenceClassification.from_encoder(encoder, seq_len=fraud_cards.seq_len, head=head).eval()
+    eager = classifier_logits(model)
+    traced = traced_logits(model, fraud_cards.seq_len, len(fraud_cards.tokenizer.fields))
+    gather = padded_histories(np.asarray(fraud_cards.tokens), fraud_cards.entity_offsets[:-1].repeat(
+        np.diff(fraud_cards.entity_offsets)), fraud_cards.seq_len, np.arange(12))
+    for begin, end in ((0, 1), (0, 5), (9, 10), (10, 12)):  # the first rows of an entity are padded
+        ids, mask = gather(begin, end)
+        ids = torch.as_tensor(ids)
+        mask = None if mask is None else torch.as_tensor(mask)
+        with torch.inference_mode():
+            torch.testing.assert_close(traced(ids, mask), eager(ids, mask), rtol=1e-5, atol=1e-6)

@@ -42,7 +42,7 @@ from tabbert.data.tokenizer import row_order
 from tabbert.errors import TabbertError
 from tabbert.inference import read_rows, training_schema, unseen_fields
 from tabbert.integrity import DIGEST_FILE, WEIGHTS_FILE, file_sha256
-from tabbert.runs import Run, choose_device, load_run, padded_histories, score
+from tabbert.runs import Run, choose_device, load_run, padded_histories, score, traced_logits
 from tabbert.serving.state import EntityState, MemoryStore, SqliteStore
 from tabbert.thresholds import run_threshold
 
@@ -67,15 +67,18 @@ class Scorer:
 
     ``state``: a folder for durable state (SQLite, see :mod:`tabbert.serving.state`); None keeps it
     in memory. ``threshold``: a spec of :mod:`tabbert.thresholds` (default: the run's stored one).
+    ``traced``: run the model as a TorchScript trace (:func:`tabbert.runs.traced_logits`; the same
+    scores, faster for a few rows at a time) rather than eagerly.
     """
 
     def __init__(self, run: str | Path | Run, *, state: str | Path | None = None, threshold: str | float | None = None,
-                 device: str | None = None, synchronous: str = "NORMAL"):
+                 device: str | None = None, synchronous: str = "NORMAL", traced: bool = True):
         self.run = run if isinstance(run, Run) else load_run(run, expect="classifier")
         config, self.tokenizer = self.run.config, self.run.tokenizer
         if config.task != "classification":
             raise TabbertError(f"{self.run.model_dir}: a {config.task} model; the scorer serves classification models")
         self.model = self.run.model.to(choose_device(device))
+        self._logits = traced_logits(self.model, config.seq_len, len(self.tokenizer.fields)) if traced else None
         self.threshold = run_threshold(self.run, threshold)
         self.seq_len = config.seq_len
         self.source = self.tokenizer.schema.source
@@ -107,7 +110,7 @@ class Scorer:
         ordered, recency = self._encode(batch)
         windows, ends, history = _windows(batch, ordered, self.seq_len)
         gather = padded_histories(windows.tokens, windows.entity_start, self.seq_len, ends)
-        scores = score(self.model, len(ends), gather, batch_size=SCORE_BATCH_SIZE)
+        scores = score(self.model, len(ends), gather, batch_size=SCORE_BATCH_SIZE, step=self._logits)
         self.store.put(self._next_states(batch, windows, recency))
         return self._results(batch, ordered, scores, history)
 

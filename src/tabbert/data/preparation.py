@@ -229,38 +229,21 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
             f"{lengths[longest]} rows), so there are no windows; use --seq-len {lengths[longest]} or less"
         )
 
-    split_info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
-    times, window_split, time_bounds = None, None, None  # the time split needs the times before the sort
-    if split == "entity":
-        entity_split = assign_entities(len(entities), fractions, seed)
-        train_rows = np.repeat(entity_split[runs.entity_of_run] == 0, runs.run_lengths)
-        window_split = entity_split[window_entity]
-        members = split_members(entities, np.arange(len(entities)), entity_split)
-    elif split == "time":
-        times = row_times(frame)
-        time_bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
-        split_info["cutoffs"] = [str(np.datetime64(b, "us")) for b in time_bounds]
-        train_rows = times < time_bounds[0]
-        members = split_members(entities, np.repeat(runs.entity_of_run, runs.run_lengths),
-                                assign_by_time(times, time_bounds))
-    else:
-        train_rows = np.ones(frame.height, dtype=bool)
-        window_split = assign_random(starts.size, fractions, seed)
-        members = split_members(entities, window_entity, window_split)
-    writer.add_json("splits", members)
-    if not train_rows.any():
+    splits = _assign_splits(frame, runs, starts.size, window_entity, split, fractions, cutoffs, seed)
+    writer.add_json("splits", splits.members)
+    if not splits.train_rows.any():
         raise TabbertError("the training split has no rows: change --split, the fractions or the cutoffs")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ordering = pool.submit(_order_rows, frame, schema, writer, runs, times)
+        ordering = pool.submit(_order_rows, frame, schema, writer, runs, splits.times)
         order = ordering.result().rows.order
         codes = raw_codes(frame, schema, order, threads=threads)
-        rest = pool.submit(_write_rows_and_windows, table, writer, ordering, codes, starts, seq_len, window_split,
-                           time_bounds)
+        rest = pool.submit(_write_rows_and_windows, table, writer, ordering, codes, starts, seq_len,
+                           splits.window_split, splits.time_bounds)
         if schema.recency:  # the recency fields need the row order and codes before the fields are fitted
             frame = with_recency(frame, schema, np.arange(frame.height) if order is None else order,
                                  codes=_recency_codes(schema, codes), threads=threads)
-        tokenizer, tokens = _fit_encode(frame, schema, train_rows, ordering, threads, fitted)
+        tokenizer, tokens = _fit_encode(frame, schema, splits.train_rows, ordering, threads, fitted)
         writer.add_array("tokens", tokens)
         writer.add_tokenizer(tokenizer)
         value_columns, windows, label_stats = rest.result()
@@ -272,13 +255,13 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         "labelled": table.labelled,
         "seq_len": seq_len,
         "stride": stride,
-        "split": split_info,
+        "split": splits.info,
         "rows_in": table.rows_in,
         "rows_kept": frame.height,
         "dropped": dict(table.dropped),
         "entities": len(entities),
         "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
-        **({"unseen": unseen_counts(tokenizer, tokens)} if fitted else {"tokenizer_rows": int(train_rows.sum())}),
+        **({"unseen": unseen_counts(tokenizer, tokens)} if fitted else {"tokenizer_rows": int(splits.train_rows.sum())}),
         "fields": tokenizer.field_names,
         "value_columns": value_columns,
         "windows": windows,
@@ -287,6 +270,39 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     if table.rows_in != frame.height + sum(table.dropped.values()):
         raise TabbertError(f"row accounting failed: {table.rows_in} in, {frame.height} kept, dropped {table.dropped}")
     return meta
+
+
+class _Splits(NamedTuple):
+    """Which rows fit the tokenizer and which split each window (or, for the time split, row) is in."""
+
+    info: dict  # the split's description in the metadata
+    train_rows: np.ndarray
+    members: dict[str, list[str]]  # split name -> entity keys
+    window_split: np.ndarray | None = None  # None for the time split: windows follow their newest row's time
+    times: np.ndarray | None = None  # the rows' times, when the split read them (before the sort)
+    time_bounds: tuple[int, int] | None = None
+
+
+def _assign_splits(frame: pl.DataFrame, runs: EntityRuns, n_windows: int, window_entity: np.ndarray, split: str,
+                   fractions, cutoffs, seed: int) -> _Splits:
+    """The ``entity``, ``time`` or ``random`` split of the table (see :func:`prepare`)."""
+    info: dict = {"method": split, "fractions": list(fractions), "seed": seed}
+    entities = runs.entities
+    if split == "entity":
+        entity_split = assign_entities(len(entities), fractions, seed)
+        train_rows = np.repeat(entity_split[runs.entity_of_run] == 0, runs.run_lengths)
+        return _Splits(info, train_rows, split_members(entities, np.arange(len(entities)), entity_split),
+                       entity_split[window_entity])
+    if split == "time":
+        times = row_times(frame)
+        bounds = _parse_cutoffs(cutoffs) if cutoffs else time_cutoffs(times, fractions)
+        info["cutoffs"] = [str(np.datetime64(b, "us")) for b in bounds]
+        members = split_members(entities, np.repeat(runs.entity_of_run, runs.run_lengths),
+                                assign_by_time(times, bounds))
+        return _Splits(info, times < bounds[0], members, None, times, bounds)
+    window_split = assign_random(n_windows, fractions, seed)
+    return _Splits(info, np.ones(frame.height, dtype=bool), split_members(entities, window_entity, window_split),
+                   window_split)
 
 
 def _order_rows(frame: pl.DataFrame, schema: TableSchema, writer: PreparedWriter, runs: EntityRuns,

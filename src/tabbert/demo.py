@@ -69,8 +69,6 @@ ROWS = (
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print) -> dict:
     """Run every step into ``out`` (a new directory) and return the table's figures."""
     from tabbert.anomaly import row_surprise
-    from tabbert.baselines import train_baseline
-    from tabbert.training.finetune import finetune
     from tabbert.training.pretrain import pretrain
 
     out = Path(out)
@@ -109,10 +107,35 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         folds, data_dir, embeddings=True, device=settings.device))
     np.save(features, surprise)
 
+    runs = supervised_runs(data_dir, out, settings, encoder, features)
+    results = {name: step(name, action) for name, action in runs.items()}
+    results["surprise"] = surprise_run(data, surprise)
+
+    test_positives = int(np.asarray(data.labels)[test].sum())
+    summary = {
+        "settings": asdict(settings),
+        "data": {"rows": data.n_rows, "test_rows": int(test.sum()), "test_positives": test_positives},
+        "table": figures_table(results),
+        "step_seconds": seconds,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_outputs(summary, out)
+    log("\n" + results_table(summary["table"]))
+    pretraining = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "next-row")))
+    log(f"(TabBERT rows: plus {pretraining:.0f} s of pre-training and surprise, shared)")
+    log(f"\ntotal {summary['total_seconds']:.0f} s; report: {out / 'report.md'}")
+    return summary
+
+
+def supervised_runs(data_dir: Path, out: Path, settings: DemoSettings, encoder: Path, features: Path) -> dict:
+    """Run name -> the action that trains it and returns its metrics: the baselines and the TabBERT recipes."""
+    from tabbert.baselines import train_baseline
+    from tabbert.training.finetune import finetune
+
     common = dict(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size, seed=settings.seed,
                   threads=settings.threads, device=settings.device)
     lightgbm = dict(seed=settings.seed, threads=settings.threads)
-    runs = {
+    return {
         "lightgbm": lambda: train_baseline(data_dir, out / "lightgbm", kind="lightgbm", **lightgbm),
         "raw_lstm": lambda: train_baseline(data_dir, out / "raw_lstm", kind="lstm", size=settings.raw_size, **common),
         "tabbert_lstm": lambda: finetune(data_dir, out / "tabbert_lstm", pretrained=encoder, **common),
@@ -121,34 +144,27 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         "lightgbm_tabbert": lambda: train_baseline(data_dir, out / "lightgbm_tabbert", kind="lightgbm",
                                                    extra_features=str(features), **lightgbm),
     }
-    results = {name: step(name, action) for name, action in runs.items()}
-    results["surprise"] = surprise_run(data, surprise)
 
+
+def figures_table(results: dict) -> dict:
+    """Each row of the table (:data:`ROWS`): its test figures and training time, from its run's metrics."""
     table = {}
     for label, name in ROWS:
         test_figures, training = results[name]["splits"]["test"], results[name]["training"]
         table[label] = {metric: test_figures[metric] for metric in ("pr_auc", "recall_at_1pct_fpr", "f1", "roc_auc")}
         table[label].update(train_seconds=training["train_seconds"], run=name)
-    summary = {
-        "settings": asdict(settings),
-        "data": {"rows": data.n_rows, "test_rows": int(test.sum()),
-                 "test_positives": int(np.asarray(data.labels)[test].sum())},
-        "table": table,
-        "step_seconds": seconds,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
+    return table
+
+
+def write_outputs(summary: dict, out: Path) -> None:
+    """``metrics.json``, the comparison plot and ``report.md`` of a finished demo."""
     write_json_atomic(out / "metrics.json", summary)
-    positives = summary["data"]["test_positives"]
+    table, positives = summary["table"], summary["data"]["test_positives"]
     plot_model_comparison(table, out / COMPARISON_PLOT,
                           title=f"{len(table)} models, test split: {positives:,} fraudulent transactions"
                           + (" (few: the figures are noisy)" if positives < FEW_POSITIVES else ""))
     with atomic_path(out / "report.md") as temporary:
         temporary.write_text(report(summary, out))
-    log("\n" + results_table(table))
-    pretraining = sum(v for k, v in seconds.items() if k.startswith(("pre-train", "next-row")))
-    log(f"(TabBERT rows: plus {pretraining:.0f} s of pre-training and surprise, shared)")
-    log(f"\ntotal {summary['total_seconds']:.0f} s; report: {out / 'report.md'}")
-    return summary
 
 
 def surprise_run(data, surprise: np.ndarray) -> dict:

@@ -410,12 +410,7 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     use_threads(options.threads)
     data = PreparedDataset(data_dir)
     tokenizer, out = data.tokenizer, Path(out_dir)
-    train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
-    if options.fold is not None:  # out of fold: leave out the training entities of this fold
-        entity = np.searchsorted(data.entity_offsets, train.starts, side="right") - 1
-        train.starts = train.starts[data.entity_folds(options.folds)[entity] != options.fold]
-    if len(train) == 0:
-        raise TabbertError(f"{data.path}: the training split has no windows")
+    train, val = _windows(data, options)
     # what a resumed run must repeat (it may keep fewer checkpoints, and compute elsewhere)
     free = ("resume", "save_total_limit", "threads", "device")
     settings = {"data": str(data.path.resolve()), "schema_fingerprint": tokenizer.fingerprint(),
@@ -439,16 +434,8 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
 
     set_seed(options.seed)
-    masker = None if config.causal else MaskedFieldCollator(
-        tokenizer.field_offsets, tokenizer.field_vocab_sizes, mlm_probability=options.mlm_probability,
-        mask_rows=options.mask_rows, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
-    model_class = TabBertForNextRowModeling if config.causal else TabBertForMaskedFieldModeling
-    trainer = MaskedFieldTrainer(
-        model=model_class(config), args=args, data_collator=collate_windows, train_dataset=train,
-        eval_dataset=val if len(val) else None, callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks],
-        masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
-        mask_seed=options.seed, window_count=WindowCount.from_trainer_state(resumed),
-    )
+    trainer = _trainer(config, options, args, data, train, val,
+                       callbacks=[TensorBoardLogs(out / "tensorboard"), *callbacks], resumed=resumed)
     if args.disable_tqdm:  # the Trainer then prints every log entry; a line at every tenth of the run is enough
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(SparseProgressCallback())
@@ -468,6 +455,33 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
         write_json_atomic(out / "metrics.json", metrics)
     args.distributed_state.wait_for_everyone()
     return metrics
+
+
+def _windows(data: PreparedDataset, options: PretrainOptions) -> tuple[WindowDataset, WindowDataset]:
+    """The training and validation windows; out of fold, the training entities of the fold are left out."""
+    train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
+    if options.fold is not None:
+        entity = np.searchsorted(data.entity_offsets, train.starts, side="right") - 1
+        train.starts = train.starts[data.entity_folds(options.folds)[entity] != options.fold]
+    if len(train) == 0:
+        raise TabbertError(f"{data.path}: the training split has no windows")
+    return train, val
+
+
+def _trainer(config: TabBertConfig, options: PretrainOptions, args: TrainingArguments, data: PreparedDataset,
+             train: WindowDataset, val: WindowDataset, *, callbacks: list, resumed: dict) -> MaskedFieldTrainer:
+    """A new model of ``config``'s objective in the trainer that pre-trains it."""
+    tokenizer = data.tokenizer
+    masker = None if config.causal else MaskedFieldCollator(
+        tokenizer.field_offsets, tokenizer.field_vocab_sizes, mlm_probability=options.mlm_probability,
+        mask_rows=options.mask_rows, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+    model_class = TabBertForNextRowModeling if config.causal else TabBertForMaskedFieldModeling
+    return MaskedFieldTrainer(
+        model=model_class(config), args=args, data_collator=collate_windows, train_dataset=train,
+        eval_dataset=val if len(val) else None, callbacks=callbacks,
+        masker=masker, majority=field_majorities(data, train.starts), field_names=tokenizer.field_names,
+        mask_seed=options.seed, window_count=WindowCount.from_trainer_state(resumed),
+    )
 
 
 def _options(options: PretrainOptions | None, settings: dict) -> PretrainOptions:

@@ -233,9 +233,8 @@ def start_server(run_dir: Path, state: Path, port: int) -> subprocess.Popen:
 
 
 def test_answered_transactions_survive_kill_9(run_dir, replay, tmp_path):
-    """The served state, once the server is killed with SIGKILL, scores the next transaction as an
-    uninterrupted scorer does (the restart is the Scorer that ``serve --state`` makes, in process:
-    starting the command twice takes most of a minute on a busy machine)."""
+    """A server killed with SIGKILL and started again on its state scores the next transaction as an
+    uninterrupted scorer does."""
     rows, _ = replay
     uninterrupted = Scorer(run_dir)
     expected = [result["score"] for result in uninterrupted.score(rows[:8])] + uninterrupted.score([rows[8]])
@@ -249,7 +248,11 @@ def test_answered_transactions_survive_kill_9(run_dir, replay, tmp_path):
         server.wait()
     assert server.returncode == -signal.SIGKILL
     np.testing.assert_allclose(answered, expected[:8], atol=1e-6)
-    with TestClient(create_app(Scorer(run_dir, state=tmp_path / "state"))) as client:
-        after = post(client, rows[8]).json()
+    restarted = start_server(run_dir, tmp_path / "state", port)
+    try:
+        after = httpx.post(f"http://127.0.0.1:{port}/score", json=rows[8]).json()
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
     assert after["history_rows"] == 9
     assert after["score"] == pytest.approx(expected[8]["score"], abs=1e-6)

@@ -78,3 +78,14 @@ def test_quiet_machine_keeps_torch_default(monkeypatch, capsys):
         assert threads.use_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_process_own_work_is_not_counted_as_load(monkeypatch):
+    """A step after a busy step of the same process sees the other processes' load only."""
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    now, cpu = threads.time.monotonic(), threads.time.process_time()
+    monkeypatch.setattr(threads, "_last_reading", (now - 60.0, cpu - 90.0))  # 1.5 cores busy for a minute
+    load, cores = threads.machine_load()
+    assert cores == 2 and load == pytest.approx(0.5, abs=0.05)
+    assert threads.busy_default(load, cores) is None

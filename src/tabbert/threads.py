@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 _told = False  # the busy-machine message is printed once per process
+_last_reading = (time.monotonic(), time.process_time())  # when this process last looked, and its CPU time then
 
 
 def busy_default(load: float, cores: int) -> int | None:
@@ -22,10 +24,21 @@ def busy_default(load: float, cores: int) -> int | None:
 
 
 def machine_load() -> tuple[float, int]:
-    """The 1-minute load average and the core count (load 0 where the system does not report one)."""
+    """The 1-minute load average of the other processes, and the core count (load 0 where the
+    system does not report one).
+
+    The load average counts this process too: a step that follows a busy step of the same
+    process (the demo's second pre-training, say) would see its own work. The cores this process
+    kept busy since it last looked are taken off.
+    """
+    global _last_reading
     cores = os.cpu_count() or 1
+    now, cpu = time.monotonic(), time.process_time()
+    then, cpu_then = _last_reading
+    _last_reading = (now, cpu)
+    own = (cpu - cpu_then) / (now - then) if now > then else 0.0
     try:
-        return os.getloadavg()[0], cores
+        return max(0.0, os.getloadavg()[0] - own), cores
     except (AttributeError, OSError):
         return 0.0, cores
 

@@ -41,7 +41,7 @@ class DemoSettings:
     rows_per_user: int = 600
     seed: int = 0
     size: str = "small"
-    pretrain_steps: int = 400
+    pretrain_steps: int = 300
     pretrain_batch_size: int = 64
     finetune_epochs: int = 2
     finetune_batch_size: int = 128

@@ -160,8 +160,8 @@ def _load_weights(model_class: type[PreTrainedModel], model_dir: Path, what: str
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Keep transformers' loading report (missing and mis-shaped weights) off the output; the
-    ArtifactError that follows names what is wrong."""
+    """Keep transformers' reports off the output: missing and mis-shaped weights at loading (the
+    ArtifactError that follows names what is wrong), and its notes while a model is traced."""
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
@@ -295,10 +295,12 @@ def traced_logits(model: SequenceHeadModel, n_rows: int, n_fields: int) -> Calla
     example_ids = torch.full((2, n_rows, n_fields), PAD_ID, dtype=torch.long, device=model.device)
     example_mask = torch.ones((2, n_rows), dtype=torch.long, device=model.device)
     example_mask[0, 0] = 0  # a padded window, so that the masking is part of the trace
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_transformers():
         # the shape checks and the "is anything padded" branch become constants: the shapes are
-        # fixed, and the padded branch traced here is exact for unpadded windows too
+        # fixed, and the padded branch traced here is exact for unpadded windows too; freezing
+        # reads every attribute, deprecated ones and the unused loss function included
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.freeze(torch.jit.trace(_Logits(model).eval(), (example_ids, example_mask),
                                                   check_trace=False))
 

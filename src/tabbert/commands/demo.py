@@ -13,9 +13,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="new run directory (default runs/demo-<date>-<time>)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step in about a minute")
     parser.add_argument("--users", type=int, help="card holders to generate (default 300; 60 with --quick)")
+    parser.add_argument("--rows-per-user", type=int, help="average rows per card holder (default 600; 400 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, splits and training (default 0)")
-    parser.add_argument("--pretrain-steps", type=int, help="pre-training steps (default 600; 120 with --quick)")
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 3; 2 with --quick)")
+    parser.add_argument("--pretrain-steps", type=int, help="pre-training steps of each model (default 300; 120 with --quick)")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; 2 with --quick)")
     add_arguments(parser, ComputeOptions)
 
 
@@ -25,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
     compute = ComputeOptions.from_arguments(args)
     settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
-    overrides = {"users": args.users, "pretrain_steps": args.pretrain_steps, "finetune_epochs": args.epochs,
+    overrides = {"users": args.users, "rows_per_user": args.rows_per_user, "pretrain_steps": args.pretrain_steps,
+                 "finetune_epochs": args.epochs,
                  "threads": compute.threads, "device": compute.device}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     out = args.out or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -43,6 +43,7 @@ from tabbert.data.sources import read_card
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.data.tokenizer import row_order
 from tabbert.reporting import format_table
+from tabbert.serving.app import wait_until_serving
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "bench_serve"
@@ -97,13 +98,8 @@ def start_service(model: Path, state: Path, port: int, threads: int | None, wait
         command += ["--warm-start", str(warm_start)]
     environment = dict(os.environ, PYTHONPATH=str(SOURCE))
     server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.2)
+    if wait_until_serving(port, server, timeout=180):
+        return server
     server.kill()
     raise SystemExit(f"the service did not start (exit status {server.poll()})")
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -29,7 +28,7 @@ from tabbert.inference import predict
 from tabbert.models.classifier import TabBertForSequenceClassification, save_classifier
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertModel
-from tabbert.serving.app import create_app
+from tabbert.serving.app import create_app, wait_until_serving
 from tabbert.serving.scorer import OutOfOrderError, Scorer
 
 SEQ_LEN = 10
@@ -221,13 +220,8 @@ def start_server(run_dir: Path, state: Path, port: int) -> subprocess.Popen:
     server = subprocess.Popen([sys.executable, "-m", "tabbert.cli", "serve", "--model", str(run_dir), "--port",
                                str(port), "--state", str(state), "--threads", "1"], env=environment,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
+    if wait_until_serving(port, server, timeout=60):
+        return server
     server.kill()
     raise AssertionError(f"the server did not start: {server.communicate()[1].decode()[-2000:]}")
 

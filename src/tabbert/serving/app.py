@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -150,3 +151,18 @@ def model_description(scorer: Scorer) -> dict:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
+
+
+def wait_until_serving(port: int, process: subprocess.Popen, timeout: float) -> bool:
+    """Whether a service started as ``process`` answers ``GET /health`` on 127.0.0.1:``port``
+    within ``timeout`` seconds (False once the process has ended)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return False

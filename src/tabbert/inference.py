@@ -46,7 +46,6 @@ import polars as pl
 
 from tabbert.atomic import atomic_path
 from tabbert.data.codes import raw_codes
-from tabbert.data.encoders import FIELD_UNK
 from tabbert.data.ordering import time_feature
 from tabbert.data.schema import ENTITY, ROW, TIME, GenericSchemaFile, SchemaError
 from tabbert.data.tokenizer import TabularTokenizer, row_order
@@ -108,7 +107,7 @@ def score_table(model_dir: str | Path, data: pl.DataFrame | str | Path, *, sourc
     order = np.arange(frame.height) if rows.order is None else rows.order
     tokens = tokenizer.encode(frame, rows)[order]
     entity_start = np.repeat(rows.entity_offsets[:-1], np.diff(rows.entity_offsets))
-    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in unseen_fields(tokens, tokenizer).items()}
+    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in tokenizer.unseen(tokens).items()}
     tokenized = time.perf_counter()
 
     outputs = score(model, len(tokens), padded_histories(tokens, entity_start, model.config.seq_len),
@@ -203,17 +202,9 @@ def encode_rows(frame: pl.DataFrame, tokenizer: TabularTokenizer, value_columns:
     for j, column in enumerate(value_columns):
         values[:, j] = (time_feature("gap", rows.times, rows.entity_offsets) if column == GAP_COLUMN
                         else frame.get_column(column).cast(pl.Float32).to_numpy()[order])
-    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in unseen_fields(tokens, tokenizer).items()}
+    unseen = {name: int(np.count_nonzero(flagged)) for name, flagged in tokenizer.unseen(tokens).items()}
     return EncodedRows(order, tokens, raw_codes(frame, tokenizer.schema, order), values, rows.times,
                        rows.entity_offsets, unseen)
-
-
-def unseen_fields(tokens: np.ndarray, tokenizer: TabularTokenizer) -> dict[str, np.ndarray]:
-    """For each categorical field of the input, which rows of ``tokens`` hold a value the model never
-    saw (its [UNK])."""
-    return {encoder.name: tokens[:, j] == encoder.offset + FIELD_UNK
-            for j, encoder in enumerate(tokenizer.fields)
-            if encoder.kind == "categorical" and encoder.name in tokenizer.schema.field_names}
 
 
 def read_rows(data: pl.DataFrame | str | Path, tokenizer: TabularTokenizer, *, source: str | None = None,

@@ -27,6 +27,14 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def weights_sha256(model_dir: str | Path) -> str:
+    """The SHA-256 of a model's weights: the one recorded when it was saved (checked at loading), else computed."""
+    digest_file = Path(model_dir) / DIGEST_FILE
+    if digest_file.is_file():
+        return str(json.loads(digest_file.read_text())["sha256"])
+    return file_sha256(Path(model_dir) / WEIGHTS_FILE)
+
+
 def record_weights_digest(model_dir: str | Path) -> dict:
     """Write ``weights.sha256.json`` for the ``model.safetensors`` of ``model_dir``; returns the record."""
     weights = Path(model_dir) / WEIGHTS_FILE

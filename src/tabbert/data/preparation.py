@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.codes import categorical_fields, raw_codes
-from tabbert.data.encoders import FIELD_UNK, CategoricalEncoder, FieldEncoder, id_dtype
+from tabbert.data.encoders import CategoricalEncoder, FieldEncoder, id_dtype
 from tabbert.data.ordering import EntityRuns, RowOrder, entity_runs, row_times, time_feature
 from tabbert.data.prepared import PreparedDataset, PreparedWriter, check_output_dir
 from tabbert.data.recency import with_recency
@@ -261,7 +261,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
         "dropped": dict(table.dropped),
         "entities": len(entities),
         "short_entities": {"count": int(short.sum()), "rows": int(lengths[short].sum())},
-        **({"unseen": unseen_counts(tokenizer, tokens)} if fitted else {"tokenizer_rows": int(splits.train_rows.sum())}),
+        **_encoding_meta(tokenizer, tokens, splits.train_rows, reused=fitted is not None),
         "fields": tokenizer.field_names,
         "value_columns": value_columns,
         "windows": windows,
@@ -367,15 +367,12 @@ def _fit_encode(frame: pl.DataFrame, schema: TableSchema, train_rows: np.ndarray
     return tokenizer, tokens
 
 
-def unseen_counts(tokenizer: TabularTokenizer, tokens: np.ndarray) -> dict[str, int]:
-    """Rows whose value of a categorical field the tokenizer never saw ([UNK]), per field that has any."""
-    counts = {}
-    for j, encoder in enumerate(tokenizer.fields):
-        if isinstance(encoder, CategoricalEncoder):
-            count = int(np.count_nonzero(tokens[:, j] == encoder.offset + FIELD_UNK))
-            if count:
-                counts[encoder.name] = count
-    return counts
+def _encoding_meta(tokenizer: TabularTokenizer, tokens: np.ndarray, train_rows: np.ndarray, *, reused: bool) -> dict:
+    """How the rows were encoded: the rows the tokenizer was fitted on, or for a reused tokenizer the
+    rows of each input field holding a value it never saw."""
+    if not reused:
+        return {"tokenizer_rows": int(train_rows.sum())}
+    return {"unseen": {name: int(rows.sum()) for name, rows in tokenizer.unseen(tokens).items() if rows.any()}}
 
 
 def _recency_codes(schema: TableSchema, codes: np.ndarray) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ import polars as pl
 from tabbert.atomic import write_json_atomic
 from tabbert.data.encoders import (
     CLOCK_SIZES,
+    FIELD_UNK,
     CategoricalEncoder,
     ClockEncoder,
     FieldEncoder,
@@ -175,6 +176,13 @@ class TabularTokenizer:
                 out[:, j] = encoder.encode(frame.get_column(encoder.source))
             out[:, j] += encoder.offset
         return out
+
+    def unseen(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """For each categorical input field, which rows of ``tokens`` (ids from :meth:`encode`) hold a
+        value the tokenizer never saw: its [UNK]."""
+        return {encoder.name: tokens[:, j] == encoder.offset + FIELD_UNK
+                for j, encoder in enumerate(self.fields)
+                if isinstance(encoder, CategoricalEncoder) and encoder.name in self.schema.field_names}
 
     def decode(self, ids: np.ndarray) -> pl.DataFrame:
         """A frame of readable tokens (categories, bin ranges) for an id matrix ``[..., n_fields]``."""

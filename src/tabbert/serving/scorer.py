@@ -26,7 +26,6 @@ In a notebook::
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -35,13 +34,13 @@ import numpy as np
 import polars as pl
 
 from tabbert.data.ordering import RowOrder
-from tabbert.data.recency import LEVELS, NEVER, bucket_levels, recency_name, recency_values
+from tabbert.data.recency import LEVELS, NEVER, bucket_levels, level_column, recency_values
 from tabbert.data.schema import ENTITY, TIME
 from tabbert.data.sources import read_records
 from tabbert.data.tokenizer import row_order
 from tabbert.errors import TabbertError
-from tabbert.inference import read_rows, training_schema, unseen_fields
-from tabbert.integrity import DIGEST_FILE, WEIGHTS_FILE, file_sha256
+from tabbert.inference import read_rows, training_schema
+from tabbert.integrity import weights_sha256
 from tabbert.runs import Run, choose_device, load_run, padded_histories, score, traced_logits
 from tabbert.serving.state import EntityState, MemoryStore, SqliteStore
 from tabbert.thresholds import run_threshold
@@ -83,14 +82,11 @@ class Scorer:
         self.seq_len = config.seq_len
         self.source = self.tokenizer.schema.source
         self.generic_schema = training_schema(self.tokenizer, None) if self.source == "generic" else None
+        # the model's identity: its weights' SHA-256 and its tokenizer's fingerprint
+        self.fingerprint = f"sha256:{weights_sha256(self.run.model_dir)}/tokenizer:{self.tokenizer.fingerprint()}"
         n_fields = len(self.tokenizer.fields)
         self.store = (MemoryStore() if state is None
                       else SqliteStore(state, self.fingerprint, n_fields, synchronous=synchronous))
-
-    @property
-    def fingerprint(self) -> str:
-        """The model's identity: its weights' SHA-256 (recorded at saving, else computed) and tokenizer fingerprint."""
-        return f"sha256:{weights_sha256(self.run.model_dir)}/tokenizer:{self.tokenizer.fingerprint()}"
 
     def read(self, rows: Sequence[Mapping[str, object]]) -> pl.DataFrame:
         """Transactions (mappings of the source's columns) in the normalized layout; DataError names a bad one."""
@@ -117,8 +113,7 @@ class Scorer:
     def _batch(self, frame: pl.DataFrame) -> _Batch:
         """The rows in order with their states; OutOfOrderError when one is earlier than its entity's state."""
         order = row_order(frame, self.tokenizer.schema)
-        positions = np.arange(frame.height) if order.order is None else order.order
-        keys = frame.get_column(ENTITY).cast(pl.String).to_numpy()[positions[order.entity_offsets[:-1]]].tolist()
+        keys = _entity_keys(frame, order)
         states = [self.store.get(key) for key in keys]
         for key, state, first in zip(keys, states, order.times[order.entity_offsets[:-1]]):
             if state is not None and first < state.time:
@@ -151,7 +146,7 @@ class Scorer:
 
     def _results(self, batch: _Batch, ordered: np.ndarray, scores: np.ndarray, history: np.ndarray) -> list[dict]:
         """The results in input order."""
-        unseen = unseen_fields(ordered, self.tokenizer)
+        unseen = self.tokenizer.unseen(ordered)
         order = batch.order
         entity_of_row = np.repeat(np.arange(len(batch.keys)), np.diff(order.entity_offsets))
         results: list[dict | None] = [None] * len(ordered)
@@ -176,9 +171,8 @@ class Scorer:
         order = row_order(frame, self.tokenizer.schema)
         tokens = self.tokenizer.encode(frame, order)
         tokens = tokens if order.order is None else tokens[order.order]
-        positions = np.arange(frame.height) if order.order is None else order.order
         offsets = order.entity_offsets
-        keys = frame.get_column(ENTITY).cast(pl.String).to_numpy()[positions[offsets[:-1]]].tolist()
+        keys = _entity_keys(frame, order)
         recency = _last_seen(frame, self.tokenizer.schema.recency)
         context = self.seq_len - 1
         states = {key: EntityState(int(order.times[end - 1]), int(end - begin),
@@ -214,6 +208,12 @@ def _windows(batch: _Batch, ordered: np.ndarray, seq_len: int) -> tuple[_Windows
     return windows, np.concatenate(ends), np.concatenate(history)
 
 
+def _entity_keys(frame: pl.DataFrame, order: RowOrder) -> list[str]:
+    """The key (as text) of each entity of ``order``, in its order."""
+    first_rows = order.entity_offsets[:-1] if order.order is None else order.order[order.entity_offsets[:-1]]
+    return frame.get_column(ENTITY).cast(pl.String).gather(first_rows).to_list()
+
+
 def _recency_column(frame: pl.DataFrame, order: RowOrder, name: str, seen: list[dict[str, int]]) -> pl.Series:
     """The ``recency.<name>`` column of the rows (input order), from each entity's ``seen`` map (raw
     value -> time last seen), which is updated row by row."""
@@ -230,9 +230,9 @@ def _recency_column(frame: pl.DataFrame, order: RowOrder, name: str, seen: list[
         if value in last_seen:
             elapsed[position] = time - last_seen[value]
         last_seen[value] = time
-    levels = np.where(np.isnan(elapsed), LEVELS.index(NEVER), bucket_levels(np.nan_to_num(elapsed)))
-    return pl.Series(recency_name(name), [None if gone else LEVELS[level] for gone, level in zip(missing, levels)],
-                     dtype=pl.Enum(LEVELS))
+    levels = np.where(np.isnan(elapsed), LEVELS.index(NEVER), bucket_levels(np.nan_to_num(elapsed))).astype(np.int8)
+    levels[missing] = -1
+    return level_column(name, levels)
 
 
 def _last_seen(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, dict[str, dict[str, int]]]:
@@ -248,12 +248,6 @@ def _last_seen(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, dict[str,
         for name in names:
             maps.setdefault(name, {})
     return seen
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """The SHA-256 of a model's weights: the one recorded when it was saved (checked at loading), else computed."""
-    digest = model_dir / DIGEST_FILE
-    return str(json.loads(digest.read_text())["sha256"]) if digest.is_file() else file_sha256(model_dir / WEIGHTS_FILE)
 
 
 def _iso(micros: int | float) -> str:

@@ -13,13 +13,9 @@ beside wall time: with one torch thread they are the steadier figure on a shared
 The data path (``WindowDataset`` indexing + ``MaskedFieldCollator``, index to batch dict, no
 model) is timed on its own and compared with what each model consumes.
 
-The files in ``benchmarks/results/`` come from these commands::
+The file in ``benchmarks/results/`` comes from::
 
     python benchmarks/bench_model.py --threads 1                   # model_speed.json: small and paper
-    python benchmarks/bench_model.py --sizes small --repeats 15 --threads 1 \\
-        --out benchmarks/results/model_speed_small_run1.json         # and run2, run3: three more runs
-    python benchmarks/bench_model.py --sizes small --threads 2 \\
-        --out benchmarks/results/model_speed_small_2threads.json
 
 Targets: TabBERT's step costs at most 25 % more than the plain BERT's, and the data path delivers
 at least 10 times the windows the model consumes. The script prints both and exits with status 1

@@ -38,7 +38,7 @@ class DemoSettings:
     """Sizes of one demo run; :meth:`quick` is the smoke-test preset."""
 
     users: int = 300
-    rows_per_user: int = 1000
+    rows_per_user: int = 800
     seed: int = 0
     size: str = "small"
     pretrain_steps: int = 300

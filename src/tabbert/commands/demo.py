@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="new run directory (default runs/demo-<date>-<time>)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every step in about a minute")
     parser.add_argument("--users", type=int, help="card holders to generate (default 300; 60 with --quick)")
-    parser.add_argument("--rows-per-user", type=int, help="average rows per card holder (default 1000; 400 with --quick)")
+    parser.add_argument("--rows-per-user", type=int, help="average rows per card holder (default 800; 400 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, splits and training (default 0)")
     parser.add_argument("--pretrain-steps", type=int, help="pre-training steps of each model (default 300; 120 with --quick)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; 2 with --quick)")

@@ -1,8 +1,9 @@
 """Fraud detection at the transaction level: does pre-training pay, against the strongest baseline?
 
 Per seed: generate cards (the built-in generator), prepare them (entity split 60/20/20), pre-train
-TabBERT ``small`` without labels on the training entities (once on all of them for the fine-tuning
-recipes, and once per fold of two for out-of-fold features), then train every row of the table
+TabBERT ``small`` without labels on the training entities (masked fields, rows masked whole, on all
+of them for the fine-tuning recipes; next-row prediction once per fold of two for out-of-fold
+features and the label-free row), as ``tabbert demo`` does, then train every row of the table
 with the labels of 5 %, 20 % and 100 % of the training entities and score every row of the test
 entities from its own history:
 
@@ -10,9 +11,9 @@ entities from its own history:
 * raw LSTM (field embeddings trained from scratch on the same prediction points);
 * TabBERT frozen + LSTM (the reference recipe);
 * TabBERT fine-tuned (encoder unfrozen, layer-wise learning-rate decay);
-* masked-row surprise (no labels at all);
-* LightGBM + TabBERT: the history features plus the out-of-fold per-field surprise and the
-  encoder's expectation of the row (its output at the masked row).
+* next-row surprise (no labels at all);
+* LightGBM + TabBERT: the history features plus the out-of-fold per-field next-row surprise and
+  the encoder's expectation of the row (its output at the row before).
 
 A second table reproduces the paper's protocol (windows of 10 rows at a stride of 10, a window
 positive when any row is, F1 at the best validation threshold) for raw LSTM and TabBERT LSTM,
@@ -20,6 +21,8 @@ beside the paper's 0.83 and 0.86.
 
     python benchmarks/bench_fraud.py                      # 2,000 users, seeds 0 1 2 (hours on 2 cores)
     python benchmarks/bench_fraud.py --quick              # a few minutes: tiny sizes, results in _work
+    python benchmarks/bench_fraud.py --users 300 --rows-per-user 800 --pretrain-steps 300 --epochs 2
+                                                          # the demo's sizes at three seeds (about an hour)
 
 Goal (printed, exit status 1 when missed): at the 5 % and 20 % budgets the best TabBERT-based
 row has the highest mean test PR-AUC, by more than the seeds' standard deviation; at 100 % it is
@@ -48,8 +51,8 @@ from tabbert.baselines import train_baseline
 from tabbert.data.preparation import prepare
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.synthetic import generate_transactions, write_transactions
+from tabbert.demo import surprise_run
 from tabbert.errors import TabbertError
-from tabbert.metrics import classification_metrics
 from tabbert.reporting import markdown_table
 from tabbert.training.finetune import finetune
 from tabbert.training.pretrain import pretrain
@@ -57,8 +60,8 @@ from tabbert.training.pretrain import pretrain
 HERE = Path(__file__).resolve().parent
 BUDGETS = (0.05, 0.2, 1.0)
 FOLDS = 2
-TABBERT_ROWS = ("TabBERT frozen + LSTM", "TabBERT fine-tuned", "masked-row surprise (no labels)",
-                "LightGBM + TabBERT")
+SURPRISE_ROW = "next-row surprise (no labels)"
+TABBERT_ROWS = ("TabBERT frozen + LSTM", "TabBERT fine-tuned", SURPRISE_ROW, "LightGBM + TabBERT")
 BASELINE_ROWS = ("history LightGBM", "raw LSTM")
 PAPER = {"raw LSTM": 0.83, "TabBERT LSTM": 0.86}
 
@@ -126,17 +129,17 @@ def run_seed(work: Path, seed: int, sizes: Sizes, log) -> dict:
         if not (out / "metrics.json").is_file():
             started = time.perf_counter()
             log(f"seed {seed}: pre-training {name}")
-            pretrain(data_dir, out, size=sizes.size, max_steps=sizes.pretrain_steps, mask_rows=True, seed=seed,
+            pretrain(data_dir, out, size=sizes.size, max_steps=sizes.pretrain_steps, seed=seed,
                      save_steps=sizes.pretrain_steps, **settings)
             seconds[name] = round(time.perf_counter() - started, 1)
         return out / "model"
 
-    whole = pretrained("pretrain")
-    folds = [pretrained(f"pretrain_fold{k}", folds=FOLDS, fold=k) for k in range(FOLDS)]
+    whole = pretrained("pretrain", mask_rows=True)
+    folds = [pretrained(f"pretrain_fold{k}", objective="causal", folds=FOLDS, fold=k) for k in range(FOLDS)]
     features = work / "tabbert_features.npy"
     if not features.is_file():
         started = time.perf_counter()
-        log(f"seed {seed}: out-of-fold surprise and expectations of every row")
+        log(f"seed {seed}: out-of-fold next-row surprise and expectations of every row")
         matrix, _ = row_surprise(folds, data_dir, embeddings=True, progress=False)
         np.save(features, matrix)
         seconds["tabbert_features"] = round(time.perf_counter() - started, 1)
@@ -158,18 +161,14 @@ def run_seed(work: Path, seed: int, sizes: Sizes, log) -> dict:
                                                    unfreeze=True, progress=False,
                                                    **dict(neural, epochs=sizes.unfrozen_epochs)),
             "LightGBM + TabBERT": lambda: train_baseline(data_dir, work / f"lightgbm_tabbert_{tag}",
-                                                         kind="lightgbm", extra_features=str(features), **common),
+                                                         kind="lightgbm", surprise=tuple(map(str, folds)),
+                                                         surprise_features=str(features), **common),
         }
         table[tag] = {}
         for label, action in runs.items():
             log(f"seed {seed}, labels of {tag} of the training entities: {label}")
             table[tag][label] = test_figures(cached(work / _run_name(label, tag), action))
-        test = data.row_splits == 2
-        labels = np.asarray(data.labels)[test].astype(np.int64)
-        figures = classification_metrics(labels, np.asarray(surprise[test, 0]))
-        table[tag]["masked-row surprise (no labels)"] = {
-            "pr_auc": figures["pr_auc"], "recall_at_1pct_fpr": figures["recall_at_1pct_fpr"], "f1": figures["f1"],
-            "train_seconds": 0.0}
+        table[tag][SURPRISE_ROW] = test_figures(surprise_run(data, np.asarray(surprise)))
     return {"table": table, "paper_protocol": paper_protocol(work, csv, seed, whole, sizes, log),
             "pretrain_seconds": seconds, "rows": data.n_rows, "positive_rows": int(np.asarray(data.labels).sum())}
 
@@ -241,7 +240,9 @@ def markdown(summary: dict, meta: dict) -> str:
     def cell(figure: dict, digits: int = 3) -> str:
         return f"{figure['mean']:.{digits}f} ± {figure['std']:.{digits}f}"
 
-    lines = [f"# Fraud at the transaction level ({meta['users']:,} users, seeds {meta['seeds']})", ""]
+    sizes = meta["sizes"]
+    lines = [f"# Fraud at the transaction level ({sizes['users']:,} users of {sizes['rows_per_user']:,} rows, "
+             f"`{sizes['size']}`, {sizes['pretrain_steps']} pre-training steps, seeds {meta['seeds']})", ""]
     for tag, rows in summary["table"].items():
         lines += [f"## Labels of {tag.replace('pct', ' %')} of the training entities", "",
                   markdown_table([(label, cell(r["pr_auc"]), cell(r["recall_at_1pct_fpr"]),
@@ -256,14 +257,20 @@ def markdown(summary: dict, meta: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--users", type=int, help="card holders per seed (default 2000; --quick 60)")
+    parser.add_argument("--users", type=int, help="card holders per seed (default 2000; --quick 100)")
+    parser.add_argument("--rows-per-user", type=int, help="rows per card holder (default 1000; --quick 300)")
+    parser.add_argument("--pretrain-steps", type=int, help="steps of each pre-training (default 1500; --quick 60)")
+    parser.add_argument("--epochs", type=int, help="epochs of the frozen recipes and the raw LSTM (default 4)")
     parser.add_argument("--work", type=Path, default=HERE / "_work" / "fraud")
     parser.add_argument("--quick", action="store_true", help="tiny sizes; results stay in the work folder")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes()
-    if args.users:
-        sizes = Sizes(**{**asdict(sizes), "users": args.users})
-    work = args.work / ("quick" if args.quick else f"{sizes.users}u")
+    chosen = {"users": args.users, "rows_per_user": args.rows_per_user, "pretrain_steps": args.pretrain_steps,
+              "epochs": args.epochs}
+    chosen = {name: value for name, value in chosen.items() if value is not None}
+    sizes = Sizes(**{**asdict(sizes), **chosen})
+    tag = "quick" if args.quick else "_".join(f"{name}{value}" for name, value in chosen.items()) or "default"
+    work = args.work / tag
     log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
 
     started = time.perf_counter()
@@ -273,11 +280,11 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "seconds": round(time.perf_counter() - started, 1)}
     results = {"meta": meta, **summary, "runs": runs}
-    out = work if args.quick or args.users else HERE / "results"
-    write_json_atomic(out / "fraud.json", results)
-    (out / "fraud.md").write_text(markdown(summary, meta))
+    out = work / "fraud" if args.quick else HERE / "results" / ("fraud" if tag == "default" else f"fraud_{tag}")
+    write_json_atomic(out.with_suffix(".json"), results)
+    out.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
-    print(f"{meta['seconds']:.0f} s; results in {out / 'fraud.json'}")
+    print(f"{meta['seconds']:.0f} s; results in {out.with_suffix('.json')}")
     return check(goal(summary))
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tabbert.anomaly import row_surprise
 from tabbert.cli import main
+from tabbert.data.preparation import prepare
 from tabbert.data.tokenizer import MASK_ID
 from tabbert.errors import TabbertError
 from tabbert.runs import load_run
@@ -71,25 +72,46 @@ def test_out_of_fold_models_score_the_rows_of_their_fold(runs, fraud_cards):
     assert summary["models"] == 2 and summary["in_sample_rows"] == 0
     in_order, _ = row_surprise([root / "fold0", root / "fold1"], fraud_cards.path, progress=False)
     assert np.array_equal(surprise, in_order)  # the order of the runs does not matter
-    # a row is scored by the model that left its entity's fold out of pre-training
+    # with a random split every entity has training rows: each row is scored by the model that left
+    # its entity's fold out of pre-training
+    assert summary["mean_of_models_rows"] == 0
     entity_fold = np.repeat(fraud_cards.entity_folds(2), np.diff(fraud_cards.entity_offsets))
     for fold in range(2):
         model = load_run(root / f"fold{fold}", heads=True).model
-        row = int(np.flatnonzero(entity_fold == fold)[0])
-        ids, mask = fraud_cards.history_tokens(np.array([row]), fraud_cards.seq_len)
-        truth = ids[0, -1] - np.asarray(fraud_cards.tokenizer.field_offsets)
-        ids[0, -1] = MASK_ID
-        with torch.inference_mode():
-            logits = model(torch.from_numpy(ids.astype(np.int64)),
-                           attention_mask=None if mask is None else torch.from_numpy(mask)).field_logits
-        expected = sum(-F.log_softmax(field[0, -1], dim=-1)[value].item() for field, value in zip(logits, truth))
-        assert surprise[row, 0] == pytest.approx(expected, rel=1e-4)
+        row = int(np.flatnonzero((fraud_cards.row_splits == 2) & (entity_fold == fold))[3])
+        assert surprise[row, 0] == pytest.approx(_masked_row_surprise(model, fraud_cards, row), rel=1e-4)
     with pytest.raises(TabbertError, match="one run per fold"):
         row_surprise([root / "fold0"], fraud_cards.path, progress=False)
     with pytest.raises(TabbertError, match="one run per fold"):
         row_surprise([root / "whole", root / "fold0"], fraud_cards.path, progress=False)
     with pytest.raises(TabbertError, match="--fold"):
         pretrain(fraud_cards.path, root / "bad", folds=2, **SETTINGS)
+
+
+def test_entities_no_model_pre_trained_on_get_the_mean_of_the_models(fraud_card_csv, tmp_path):
+    data = prepare("card", fraud_card_csv, tmp_path / "entity_split", split="entity", seed=0)
+    paths = [tmp_path / f"fold{k}" for k in range(2)]
+    for k, path in enumerate(paths):
+        pretrain(data.path, path, folds=2, fold=k, **SETTINGS)
+    surprise, summary = row_surprise(paths, data.path, progress=False)
+    assert summary["mean_of_models_rows"] == (data.row_splits != 0).sum() > 0
+    models = [load_run(path, heads=True).model for path in paths]
+    entity_fold = np.repeat(data.entity_folds(2), np.diff(data.entity_offsets))
+    for fold, model in enumerate(models):  # a training row: the model that left its fold out
+        row = int(np.flatnonzero((data.row_splits == 0) & (entity_fold == fold))[5])
+        assert surprise[row, 0] == pytest.approx(_masked_row_surprise(model, data, row), rel=1e-4)
+    row = int(np.flatnonzero(data.row_splits == 2)[7])  # a test row: the mean of both
+    assert surprise[row, 0] == pytest.approx(np.mean([_masked_row_surprise(m, data, row) for m in models]), rel=1e-4)
+
+
+def _masked_row_surprise(model, data, row: int) -> float:
+    ids, mask = data.history_tokens(np.array([row]), data.seq_len)
+    truth = ids[0, -1] - np.asarray(data.tokenizer.field_offsets)
+    ids[0, -1] = MASK_ID
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(ids.astype(np.int64)),
+                       attention_mask=None if mask is None else torch.from_numpy(mask)).field_logits
+    return sum(-F.log_softmax(field[0, -1], dim=-1)[value].item() for field, value in zip(logits, truth))
 
 
 def test_anomaly_command_writes_each_format(runs, fraud_cards, tmp_path, capsys):

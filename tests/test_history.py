@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 
+from tabbert.anomaly import row_surprise
 from tabbert.baselines.history import HistoryFeatures
 from tabbert.baselines.lightgbm import train_lightgbm
 from tabbert.baselines.rows import RowModel, row_splits
@@ -25,6 +26,7 @@ from tabbert.inference import score_table
 from tabbert.models.configuration import TabBertConfig
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.thresholds import ValidationScores, resolve_threshold
+from tabbert.training.pretrain import pretrain
 
 # One holder "u": shop x1 and x2 occur once each, below the vocabulary's min_count, so both become
 # [UNK] tokens; their raw codes still tell them apart. Rows 4 and 5 share a time.
@@ -194,6 +196,41 @@ def test_embeddings_and_extra_features_are_appended(cards, tmp_path):
     assert evaluate(run, data.path, "val")["pr_auc"] == metrics["splits"]["val"]["pr_auc"]
     with pytest.raises(TabbertError, match="extra features"):
         score_table(run, csv)
+
+
+def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tmp_path):
+    csv, data = cards
+    folds = [tmp_path / f"fold{k}" for k in range(2)]
+    for k, fold in enumerate(folds):
+        pretrain(data.path, fold, size="tiny", objective="causal", folds=2, fold=k, max_steps=2, batch_size=16,
+                 seed=0, threads=1)
+    run = tmp_path / "run"
+    assert main(["baseline", "--data", str(data.path), "--kind", "lightgbm", "--out", str(run), "--threads", "1",
+                 "--rounds", "20", "--surprise", *map(str, folds)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    names = json.loads((run / "features.json").read_text())["names"]
+    hidden_size = TabBertConfig.from_pretrained(folds[0] / "model").hidden_size
+    assert {"surprise", "surprise.Merchant Name", f"expectation.{hidden_size - 1}"} <= set(names)
+    assert metrics["training"]["features"]["count"] == len(names)
+
+    # the surprise computed before gives the same run
+    surprise, _ = row_surprise(folds, data.path, embeddings=True, progress=False)
+    np.save(tmp_path / "surprise.npy", surprise)
+    again = train_lightgbm(data.path, tmp_path / "again", threads=1, rounds=20, surprise=tuple(map(str, folds)),
+                           surprise_features=str(tmp_path / "surprise.npy"), plots=False)
+    assert again["splits"]["test"]["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
+
+    # predict on the test entities' raw rows scores what evaluate scores: neither fold model saw them
+    split = row_splits(data)
+    test_entities = {key for key, s in zip(data.entities, split[data.entity_offsets[:-1]]) if s == 2}
+    frame = read_source("card", csv).frame.filter(pl.col(ENTITY).cast(pl.String).is_in(test_entities))
+    predicted = score_table(run, frame).scores
+    by_row = dict(zip(predicted["row"].to_list(), predicted["score"].to_list()))
+    test_rows = np.flatnonzero(split == 2)
+    model = RowModel.load(run)
+    expected = model.scores(model.inputs.of_dataset(data)[test_rows])
+    np.testing.assert_allclose([by_row[r] for r in np.asarray(data.row_ids)[test_rows]], expected, rtol=1e-6)
+    assert evaluate(run, data.path, "test")["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
 
 
 def test_cli_history_baseline_and_options(cards, tmp_path, capsys):

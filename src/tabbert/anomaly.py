@@ -25,12 +25,15 @@ Out-of-fold scores
 A model finds the entities it pre-trained on unsurprising. Surprise that feeds a supervised model
 must come from a model that never saw the entity: pre-train K models with ``--folds K --fold k``
 (each leaves out the training entities of fold ``k``) and give them all to :func:`row_surprise`,
-which scores each row with the model of its entity's fold. Validation and test entities are never
-pre-trained on, so each of their rows is scored by the model of its fold too, alike.
+which scores each row with the model of its entity's fold. Rows of an entity that none of
+the models pre-trained on (validation and test entities of an entity split, and the raw rows of
+:func:`surprise_of_rows`) get the mean of the K models' outputs, so that a file of such rows scores
+the same wherever it is read.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +43,11 @@ import torch.nn.functional as F
 
 from tabbert.atomic import atomic_path
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import MASK_ID, PAD_ID
-from tabbert.data.windows import SPLITS
+from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
+from tabbert.data.windows import SPLITS, first_rows
 from tabbert.errors import TabbertError
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
-from tabbert.runs import Run, check_compatible, choose_device, forward_batches, load_run
+from tabbert.runs import Run, check_compatible, choose_device, forward_batches, load_run, padded_histories
 
 SURPRISE_BATCH_SIZE = 512
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".csv")
@@ -108,53 +111,82 @@ def next_row_windows(entity_offsets: np.ndarray, wanted: np.ndarray, context: in
     return starts[keep], ends[keep]
 
 
-def _window_gather(data: PreparedDataset, starts: np.ndarray, ends: np.ndarray, context: int):
+@dataclass(frozen=True)
+class TokenRows:
+    """Token ids ``[n_rows, F]`` of rows in entity-then-time order and each entity's first row
+    (``entity_offsets``, one more than there are entities): what surprise is computed from."""
+
+    tokens: np.ndarray
+    entity_offsets: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.tokens)
+
+
+def _window_gather(table: TokenRows, starts: np.ndarray, ends: np.ndarray, context: int):
     """Batches of the windows ``starts`` to ``ends`` (exclusive), [PAD] after the rows of short ones."""
 
     def gather(begin: int, end: int) -> tuple[np.ndarray, np.ndarray | None]:
         rows = starts[begin:end, None] + np.arange(context)
         real = rows < ends[begin:end, None]
-        ids = np.asarray(data.tokens[np.where(real, rows, starts[begin:end, None]).ravel()])
+        ids = np.asarray(table.tokens[np.where(real, rows, starts[begin:end, None]).ravel()])
         ids = np.where(real[..., None], ids.reshape(*rows.shape, -1), PAD_ID).astype(np.int64)
         return ids, None if real.all() else real.astype(np.int64)
 
     return gather
 
 
-def _score_masked_rows(model, data: PreparedDataset, rows: np.ndarray, context: int, offsets: torch.Tensor,
-                       surprise: np.ndarray, *, device: torch.device, batch_size: int, embeddings: bool,
-                       progress: bool, description: str) -> int:
-    """Write the masked-row surprise (then embeddings) of ``rows`` into ``surprise``, one forward per
-    row; returns the number of forwards."""
-    outputs = forward_batches(masked_row_step(model, offsets, embeddings=embeddings), rows.size,
-                              _gather(data, rows, context), device=device, batch_size=batch_size,
-                              progress=progress, description=description)
-    per_field = torch.cat([output.cpu() for output in outputs]).numpy()
-    surprise[rows, 1:] = per_field
-    surprise[rows, 0] = per_field[:, :len(data.tokenizer.fields)].sum(axis=1)
+def _score_masked_rows(model, table: TokenRows, rows: np.ndarray, context: int, offsets: torch.Tensor,
+                       out: np.ndarray, **settings) -> int:
+    """Write the per-field masked-row surprise (then embeddings) of ``rows`` into ``out[rows]``, one
+    forward per row; returns the number of forwards."""
+    histories = padded_histories(table.tokens, first_rows(table.entity_offsets), context, rows)
+    outputs = forward_batches(masked_row_step(model, offsets, embeddings=settings.pop("embeddings")), rows.size,
+                              histories, **settings)
+    out[rows] = torch.cat([output.cpu() for output in outputs]).numpy()
     return int(rows.size)
 
 
-def _score_next_rows(model, data: PreparedDataset, rows: np.ndarray, context: int, offsets: torch.Tensor,
-                     surprise: np.ndarray, *, device: torch.device, batch_size: int, embeddings: bool,
-                     progress: bool, description: str) -> int:
-    """Write the next-row surprise (then embeddings) of ``rows`` into ``surprise``, one forward per
-    window; returns the number of windows."""
-    wanted = np.zeros(data.n_rows, dtype=bool)
+def _score_next_rows(model, table: TokenRows, rows: np.ndarray, context: int, offsets: torch.Tensor,
+                     out: np.ndarray, **settings) -> int:
+    """Write the per-field next-row surprise (then embeddings) of ``rows`` into ``out[rows]``, one
+    forward per window; returns the number of windows."""
+    wanted = np.zeros(table.n_rows, dtype=bool)
     wanted[rows] = True
-    starts, ends = next_row_windows(data.entity_offsets, wanted, context)
-    n_fields = len(data.tokenizer.fields)
-    outputs = forward_batches(next_row_step(model, offsets, embeddings=embeddings), starts.size,
-                              _window_gather(data, starts, ends, context), device=device, batch_size=batch_size,
-                              progress=progress, description=description)
+    starts, ends = next_row_windows(table.entity_offsets, wanted, context)
+    batch_size = settings["batch_size"]
+    outputs = forward_batches(next_row_step(model, offsets, embeddings=settings.pop("embeddings")), starts.size,
+                              _window_gather(table, starts, ends, context), **settings)
     for begin, output in zip(range(0, starts.size, batch_size), outputs):
         targets = starts[begin:begin + batch_size, None] + np.arange(1, context)
         scored = targets < ends[begin:begin + batch_size, None]
         scored[scored] = wanted[targets[scored]]
-        values = output.cpu().numpy()[scored]
-        surprise[targets[scored], 1:] = values
-        surprise[targets[scored], 0] = values[:, :n_fields].sum(axis=1)
+        out[targets[scored]] = output.cpu().numpy()[scored]
     return int(starts.size)
+
+
+def _score(models: list, table: TokenRows, rows_of_model: list[np.ndarray], shared: np.ndarray, context: int,
+           width: int, *, device: torch.device, progress: bool, **settings) -> tuple[np.ndarray, int]:
+    """``[n_rows, 1 + width]``: the total, then each field's surprise (and embeddings). Model ``k``
+    scores ``rows_of_model[k]`` alone; the ``shared`` rows get the mean of every model's outputs. Rows
+    left unscored are NaN. Also returns the number of forwards."""
+    outputs = np.full((table.n_rows, width), np.nan, dtype=np.float32)
+    total = np.zeros((shared.size, width), dtype=np.float32)
+    forwards = 0
+    for k, model in enumerate(models):
+        rows = np.union1d(rows_of_model[k], shared)
+        if rows.size == 0:
+            continue
+        model.to(device).eval()
+        offsets = torch.as_tensor(model.config.field_offsets, dtype=torch.long, device=device)
+        score = _score_next_rows if model.config.causal else _score_masked_rows
+        forwards += score(model, table, rows, context, offsets, outputs, device=device, progress=progress,
+                          description=f"surprise (model {k + 1}/{len(models)})", **settings)
+        total += outputs[shared]
+    outputs[shared] = total / len(models)
+    n_fields = len(models[0].config.field_offsets)
+    return np.concatenate([outputs[:, :n_fields].sum(axis=1, keepdims=True), outputs], axis=1), forwards
 
 
 def load_masked_model(path: str | Path) -> tuple[Run, TabBertForMaskedFieldModeling]:
@@ -177,52 +209,63 @@ def row_surprise(model_paths: list[str | Path], data_dir: str | Path, *, split: 
     one pre-training run, or one per fold of ``--folds K``. A causal run gives next-row surprise
     (one forward per window), any other masked-row surprise (one forward per row)."""
     data = PreparedDataset(data_dir)
-    runs = [load_masked_model(path) for path in model_paths]
-    folds = _fold_models(runs, data)
-    objectives = {model.config.objective for _, model in folds}
-    if len(objectives) > 1:
-        raise TabbertError(f"the runs were pre-trained with different objectives {sorted(objectives)}")
-    causal = folds[0][1].config.causal
-    context = context or data.seq_len
-    for run, model in runs:
+    folds = _fold_models([load_masked_model(path) for path in model_paths], data)
+    context = _checked_context(folds, data.seq_len if context is None else context)
+    for run, _ in folds:
         check_compatible(run, data)
-        if context > model.config.max_rows:
-            raise TabbertError(f"--context {context} exceeds the {model.config.max_rows} rows {run.model_dir} reads")
-    chosen = choose_device(device)
-    offsets = torch.as_tensor(data.tokenizer.field_offsets, dtype=torch.long, device=chosen)
     rows = np.arange(data.n_rows) if split == "all" else data.points(split)
-    entity_fold = np.repeat(data.entity_folds(len(folds)), np.diff(data.entity_offsets)) if len(folds) > 1 else None
-    width = 1 + len(data.tokenizer.fields) + (folds[0][1].config.hidden_size if embeddings else 0)
-    surprise = np.full((data.n_rows, width), np.nan, dtype=np.float32)
-    forwards = 0
-    for fold, (run, model) in enumerate(folds):
-        ends = rows if entity_fold is None else rows[entity_fold[rows] == fold]
-        if ends.size == 0:
-            continue
-        model.to(chosen).eval()
-        score = _score_next_rows if causal else _score_masked_rows
-        forwards += score(model, data, ends, context, offsets, surprise, device=chosen, batch_size=batch_size,
-                          embeddings=embeddings, progress=progress,
-                          description=f"surprise (fold {fold + 1}/{len(folds)})")
-    in_sample = _in_sample_rows(data, folds, rows)
-    summary = {"rows": int(rows.size), "models": len(folds), "context": context, "in_sample_rows": in_sample,
-               "objective": folds[0][1].config.objective, "forwards": forwards,
+    if len(folds) == 1:
+        own, shared = [rows], np.empty(0, dtype=np.int64)
+    else:
+        fold = np.repeat(data.entity_folds(len(folds)), np.diff(data.entity_offsets))
+        pretrained_on = np.repeat(np.add.reduceat(data.row_splits == 0, data.entity_offsets[:-1]) > 0,
+                                  np.diff(data.entity_offsets))
+        own = [rows[pretrained_on[rows] & (fold[rows] == k)] for k in range(len(folds))]
+        shared = rows[~pretrained_on[rows]]
+    models = [model for _, model in folds]
+    hidden_size = models[0].config.hidden_size if embeddings else 0
+    surprise, forwards = _score(models, TokenRows(data.tokens, data.entity_offsets), own, shared, context,
+                                len(data.tokenizer.fields) + hidden_size, device=choose_device(device),
+                                batch_size=batch_size, embeddings=embeddings, progress=progress)
+    summary = {"rows": int(rows.size), "models": len(folds), "context": context,
+               "in_sample_rows": _in_sample_rows(data, folds, rows), "mean_of_models_rows": int(shared.size),
+               "objective": models[0].config.objective, "forwards": forwards,
                "unscored_rows": int(np.isnan(surprise[rows, 0]).sum()),
-               "columns": surprise_columns(data, folds[0][1].config.hidden_size if embeddings else 0)}
+               "columns": surprise_columns(data.tokenizer.field_names, hidden_size)}
     return surprise, summary
 
 
-def surprise_columns(data: PreparedDataset, hidden_size: int = 0) -> list[str]:
-    return ["surprise", *(f"surprise.{name}" for name in data.tokenizer.field_names),
+def surprise_of_rows(model_paths: list[str | Path], table: TokenRows, tokenizer: TabularTokenizer, *,
+                     context: int | None = None, batch_size: int = SURPRISE_BATCH_SIZE, device: str | None = None,
+                     embeddings: bool = False) -> np.ndarray:
+    """:func:`row_surprise` of raw rows, already encoded with ``tokenizer``: every row gets the mean of
+    the models' outputs, as the rows of entities none of them pre-trained on do in a prepared dataset."""
+    folds = [load_masked_model(path) for path in model_paths]
+    for run, _ in folds:
+        if run.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise TabbertError(f"{run.model_dir}: pre-trained with another tokenizer than these rows were encoded with")
+    models = [model for _, model in folds]
+    context = _checked_context(folds, context or models[0].config.max_rows)
+    hidden_size = models[0].config.hidden_size if embeddings else 0
+    surprise, _ = _score(models, table, [np.empty(0, dtype=np.int64)] * len(models), np.arange(table.n_rows),
+                         context, len(tokenizer.fields) + hidden_size, device=choose_device(device),
+                         batch_size=batch_size, embeddings=embeddings, progress=False)
+    return surprise
+
+
+def _checked_context(folds: list, context: int) -> int:
+    objectives = {model.config.objective for _, model in folds}
+    if len(objectives) > 1:
+        raise TabbertError(f"the runs were pre-trained with different objectives {sorted(objectives)}")
+    for run, model in folds:
+        if context > model.config.max_rows:
+            raise TabbertError(f"--context {context} exceeds the {model.config.max_rows} rows {run.model_dir} reads")
+    return context
+
+
+def surprise_columns(field_names: list[str], hidden_size: int = 0) -> list[str]:
+    return ["surprise", *(f"surprise.{name}" for name in field_names),
             *(f"embedding.{i}" for i in range(hidden_size))]
-
-
-def _gather(data: PreparedDataset, ends: np.ndarray, context: int):
-    def gather(begin: int, end: int) -> tuple[np.ndarray, np.ndarray | None]:
-        ids, mask = data.history_tokens(ends[begin:end], context)
-        return ids.astype(np.int64), mask
-
-    return gather
 
 
 def _fold_models(runs: list[tuple[Run, TabBertForMaskedFieldModeling]],
@@ -276,6 +319,6 @@ def surprise_frame(data: PreparedDataset, surprise: np.ndarray) -> pl.DataFrame:
     if data.labels is not None:
         columns["label"] = np.asarray(data.labels)[scored]
     hidden_size = surprise.shape[1] - 1 - len(data.tokenizer.fields)
-    for index, name in enumerate(surprise_columns(data, hidden_size)):
+    for index, name in enumerate(surprise_columns(data.tokenizer.field_names, hidden_size)):
         columns[name] = surprise[scored, index]
     return pl.DataFrame(columns)

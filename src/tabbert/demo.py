@@ -107,7 +107,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
         folds, data_dir, embeddings=True, device=settings.device))
     np.save(features, surprise)
 
-    runs = supervised_runs(data_dir, out, settings, encoder, features)
+    runs = supervised_runs(data_dir, out, settings, encoder, folds, features)
     results = {name: step(name, action) for name, action in runs.items()}
     results["surprise"] = surprise_run(data, surprise)
 
@@ -127,7 +127,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
     return summary
 
 
-def supervised_runs(data_dir: Path, out: Path, settings: DemoSettings, encoder: Path, features: Path) -> dict:
+def supervised_runs(data_dir: Path, out: Path, settings: DemoSettings, encoder: Path, folds: list[Path],
+                    features: Path) -> dict:
     """Run name -> the action that trains it and returns its metrics: the baselines and the TabBERT recipes."""
     from tabbert.baselines import train_baseline
     from tabbert.training.finetune import finetune
@@ -142,7 +143,8 @@ def supervised_runs(data_dir: Path, out: Path, settings: DemoSettings, encoder: 
         "tabbert_finetuned": lambda: finetune(data_dir, out / "tabbert_finetuned", pretrained=encoder, unfreeze=True,
                                               **common),
         "lightgbm_tabbert": lambda: train_baseline(data_dir, out / "lightgbm_tabbert", kind="lightgbm",
-                                                   extra_features=str(features), **lightgbm),
+                                                   surprise=tuple(map(str, folds)), surprise_features=str(features),
+                                                   **lightgbm),
     }
 
 

@@ -480,6 +480,16 @@ class BaselineOptions(Options):
                                     help="history: append the pre-trained TabBERT encoder's output at each row "
                                     "(last position of its padded causal history). A model pre-trained on the "
                                     "same training entities makes these in-sample features: mind the protocol")
+    surprise: tuple[str, ...] | None = option(None, group="lightgbm", metavar="RUN/model", nargs="+",
+                                              help="history: append each row's surprise (total and per field) and "
+                                              "the expectation that scored it, under these pre-training runs: one, "
+                                              "or one per fold of `pretrain --folds K` (causal runs give next-row "
+                                              "surprise, one forward per window). Training rows are scored out of "
+                                              "fold; rows of entities no run pre-trained on, and `predict`'s raw "
+                                              "rows, by the mean of the runs")
+    surprise_features: str | None = option(None, cli=False, group="lightgbm",
+                                           help="the matrix `row_surprise(surprise, data, embeddings=True)` gave, "
+                                           "as a .npy, when already computed")
     extra_features: str | None = option(None, group="lightgbm", metavar="FILE.npy",
                                         help="history: append a float32 [n_rows, k] array aligned with the prepared "
                                         "rows (e.g. anomaly scores); in-sample when fitted on the training rows")
@@ -510,15 +520,20 @@ class BaselineOptions(Options):
         for name in ("negative_rate", "label_fraction"):
             if getattr(self, name) > 1:
                 raise TabbertError(f"{name} must be at most 1, got {getattr(self, name)}")
-        if self.features == "window" and (self.embeddings or self.extra_features or self.label_fraction < 1):
-            raise TabbertError("--embeddings, --extra-features and --label-fraction apply to --features history")
+        if self.features == "window" and (self.embeddings or self.extra_features or self.surprise
+                                          or self.label_fraction < 1):
+            raise TabbertError("--embeddings, --surprise, --extra-features and --label-fraction apply to --features "
+                               "history")
+        if self.surprise_features and not self.surprise:
+            raise TabbertError("surprise_features are the surprise of the --surprise runs: give those runs")
 
     def to_dict(self) -> dict:
         """The options that apply to this kind of baseline."""
         other = "lstm and mlp" if self.kind == "lightgbm" else "lightgbm"
         unused = {"plots"} if self.kind != "lightgbm" else set()
         if self.kind == "lightgbm":
-            unused |= {"negative_rate", "label_fraction", "embeddings", "extra_features"} \
+            unused |= {"negative_rate", "label_fraction", "embeddings", "extra_features", "surprise",
+                       "surprise_features"} \
                 if self.features == "window" else {"label_mode"}
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
                 if item.metadata.get("group") != other and item.name not in unused}

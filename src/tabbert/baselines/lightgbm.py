@@ -118,15 +118,24 @@ def train_lightgbm(data_dir: str | Path, out_dir: str | Path, options: BaselineO
     return metrics
 
 
+def _surprise_features(path: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise TabbertError(f"{path}: surprise features not found")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def _train_rows(data: PreparedDataset, out: Path, options: BaselineOptions) -> dict:
     """Fit LightGBM on every row's history features (see the module docstring); write the run."""
     split = row_splits(data)
     empty = [name for index, name in enumerate(SPLITS) if not (split == index).any()]
     if empty:
         raise TabbertError(f"{data.path}: no rows in split(s) {empty}; LightGBM needs train, val and test rows")
-    inputs = RowInputs(HistoryFeatures.fit(data, split == 0), options.embeddings, options.extra_features)
+    inputs = RowInputs(HistoryFeatures.fit(data, split == 0), options.embeddings, options.extra_features,
+                       surprise=tuple(str(Path(run).resolve()) for run in options.surprise or ()),
+                       surprise_context=data.seq_len if options.surprise else 0)
     began = time.perf_counter()
-    matrix = inputs.of_dataset(data, device=options.device)
+    surprise = _surprise_features(options.surprise_features) if options.surprise_features else None
+    matrix = inputs.of_dataset(data, device=options.device, surprise=surprise)
     feature_seconds = time.perf_counter() - began
     rows = {name: np.flatnonzero(split == index) for index, name in enumerate(SPLITS)}
     classification = data.task == "classification"

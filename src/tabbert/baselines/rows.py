@@ -2,8 +2,10 @@
 
 Every row is a prediction point scored from its entity's causal history. A row's inputs are its
 :class:`~tabbert.baselines.history.HistoryFeatures`, then optionally the pre-trained encoder's
-output at the row (``embeddings``) and columns of an array aligned with the prepared rows
-(``extra_features``, usable on that dataset only). The run directory holds::
+output at the row (``embeddings``), the surprise of the row and the expectation that scored it
+under pre-trained models (``surprise``: one run, or one per fold, see :mod:`tabbert.anomaly`; out
+of fold on a prepared dataset, the mean of the models on raw rows), and columns of an array aligned
+with the prepared rows (``extra_features``, usable on that dataset only). The run directory holds::
 
     model.txt        the booster, LightGBM's text format
     features.json    the inputs: feature names, categorical ones, the history layout, the encoder
@@ -77,22 +79,38 @@ class RowInputs:
     extra_features: str | None = None  # a .npy aligned with the prepared rows
     extra_width: int = 0
     embedding_width: int = 0
+    surprise: tuple[str, ...] = ()  # pre-training runs, RUN/model, one per fold
+    surprise_context: int = 0  # rows of history the surprise is computed from
+    surprise_width: int = 0
 
     @property
     def names(self) -> list[str]:
-        return [*self.layout.names, *(f"embedding.{k}" for k in range(self.embedding_width)),
+        from tabbert.anomaly import surprise_columns
+
+        surprise = surprise_columns(self.layout.tokenizer.field_names, self.surprise_width)[:self.surprise_width]
+        surprise = [name.replace("embedding.", "expectation.") for name in surprise]
+        return [*self.layout.names, *(f"embedding.{k}" for k in range(self.embedding_width)), *surprise,
                 *(f"extra.{k}" for k in range(self.extra_width))]
 
     @property
     def categorical(self) -> list[int]:
         return self.layout.categorical
 
-    def of_dataset(self, data: PreparedDataset, *, batch_size: int = 256, device: str | None = None) -> np.ndarray:
-        """The features of every row of a prepared dataset."""
+    def of_dataset(self, data: PreparedDataset, *, batch_size: int = 256, device: str | None = None,
+                   surprise: np.ndarray | None = None) -> np.ndarray:
+        """The features of every row of a prepared dataset; ``surprise``: what :func:`~tabbert.anomaly.row_surprise`
+        gave for these runs and this dataset with ``embeddings=True``, when already computed."""
         parts = [self.layout.transform(data)]
         if self.embeddings:
             parts.append(self._embed(np.asarray(data.tokens), np.asarray(data.entity_offsets), batch_size, device,
                                      data=data))
+        if self.surprise:
+            if surprise is None:
+                from tabbert.anomaly import row_surprise
+
+                surprise, _ = row_surprise(list(self.surprise), data.path, context=self.surprise_context or None,
+                                           device=device, embeddings=True, progress=False)
+            parts.append(self._checked_surprise(surprise, data.n_rows))
         if self.extra_features:
             parts.append(self._extra(data.n_rows))
         return _joined(parts)
@@ -106,7 +124,20 @@ class RowInputs:
         parts = [self.layout.compute(codes, values, times, tokens, entity_offsets)]
         if self.embeddings:
             parts.append(self._embed(tokens, entity_offsets, batch_size, device))
+        if self.surprise:
+            from tabbert.anomaly import TokenRows, surprise_of_rows
+
+            parts.append(self._checked_surprise(surprise_of_rows(
+                list(self.surprise), TokenRows(tokens, entity_offsets), self.layout.tokenizer,
+                context=self.surprise_context, device=device, embeddings=True), len(tokens)))
         return _joined(parts)
+
+    def _checked_surprise(self, surprise: np.ndarray, n_rows: int) -> np.ndarray:
+        if surprise.ndim != 2 or surprise.shape[0] != n_rows or self.surprise_width not in (0, surprise.shape[1]):
+            raise TabbertError(f"surprise features must be [n_rows={n_rows}, {self.surprise_width or 'k'}], got "
+                               f"{list(surprise.shape)}")
+        self.surprise_width = surprise.shape[1]
+        return surprise.astype(np.float32, copy=False)
 
     def _embed(self, tokens, entity_offsets, batch_size, device, data: PreparedDataset | None = None) -> np.ndarray:
         from tabbert.embeddings import row_embeddings
@@ -138,12 +169,15 @@ class RowInputs:
     def to_dict(self) -> dict:
         return {"history": self.layout.to_dict(), "embeddings": self.embeddings,
                 "embedding_width": self.embedding_width, "extra_features": self.extra_features,
-                "extra_width": self.extra_width}
+                "extra_width": self.extra_width, "surprise": list(self.surprise),
+                "surprise_context": self.surprise_context, "surprise_width": self.surprise_width}
 
     @classmethod
     def from_dict(cls, saved: dict, tokenizer: TabularTokenizer) -> RowInputs:
         return cls(HistoryFeatures.from_dict(saved["history"], tokenizer), saved["embeddings"],
-                   saved["extra_features"], saved["extra_width"], saved["embedding_width"])
+                   saved["extra_features"], saved["extra_width"], saved["embedding_width"],
+                   tuple(saved.get("surprise", ())), saved.get("surprise_context", 0),
+                   saved.get("surprise_width", 0))
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

@@ -232,6 +232,15 @@ def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tm
     np.testing.assert_allclose([by_row[r] for r in np.asarray(data.row_ids)[test_rows]], expected, rtol=1e-6)
     assert evaluate(run, data.path, "test")["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
 
+    # --surprise-only: the total and per-field surprise without the expectation, on both paths
+    only = train_lightgbm(data.path, tmp_path / "only", threads=1, rounds=20, surprise=tuple(map(str, folds)),
+                          surprise_only=True, surprise_features=str(tmp_path / "surprise.npy"), plots=False)
+    names = json.loads((tmp_path / "only" / "features.json").read_text())["names"]
+    fields = data.tokenizer.field_names
+    assert names[-1 - len(fields):] == ["surprise", *(f"surprise.{field}" for field in fields)]
+    assert evaluate(tmp_path / "only", data.path, "test")["pr_auc"] == only["splits"]["test"]["pr_auc"]
+    assert score_table(tmp_path / "only", frame).scores.height == frame.height
+
 
 def test_cli_history_baseline_and_options(cards, tmp_path, capsys):
     _, data = cards

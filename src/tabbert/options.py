@@ -487,6 +487,9 @@ class BaselineOptions(Options):
                                               "surprise, one forward per window). Training rows are scored out of "
                                               "fold; rows of entities no run pre-trained on, and `predict`'s raw "
                                               "rows, by the mean of the runs")
+    surprise_only: bool = option(False, group="lightgbm",
+                                 help="with --surprise: the surprise columns only, without the expectation (fewer "
+                                 "features for few labels)")
     surprise_features: str | None = option(None, cli=False, group="lightgbm",
                                            help="the matrix `row_surprise(surprise, data, embeddings=True)` gave, "
                                            "as a .npy, when already computed")
@@ -524,8 +527,8 @@ class BaselineOptions(Options):
                                           or self.label_fraction < 1):
             raise TabbertError("--embeddings, --surprise, --extra-features and --label-fraction apply to --features "
                                "history")
-        if self.surprise_features and not self.surprise:
-            raise TabbertError("surprise_features are the surprise of the --surprise runs: give those runs")
+        if (self.surprise_features or self.surprise_only) and not self.surprise:
+            raise TabbertError("--surprise-only and surprise_features take the --surprise runs: give those runs")
 
     def to_dict(self) -> dict:
         """The options that apply to this kind of baseline."""
@@ -533,7 +536,7 @@ class BaselineOptions(Options):
         unused = {"plots"} if self.kind != "lightgbm" else set()
         if self.kind == "lightgbm":
             unused |= {"negative_rate", "label_fraction", "embeddings", "extra_features", "surprise",
-                       "surprise_features"} \
+                       "surprise_only", "surprise_features"} \
                 if self.features == "window" else {"label_mode"}
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
                 if item.metadata.get("group") != other and item.name not in unused}
@@ -548,6 +551,6 @@ class BaselineOptions(Options):
         settings = dict(encoder="raw", head=self.kind, points=self.points, label_mode=self.label_mode,
                         context=self.context, label_fraction=self.label_fraction,
                         negative_rate=None if self.points == "windows" else self.negative_rate,
-                        seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size, threads=self.threads,
-                        device=self.device)
+                        seed=self.seed, epochs=self.epochs, batch_size=self.batch_size, size=self.size,
+                        threads=self.threads, device=self.device)
         return FinetuneOptions.create(**settings, **({} if self.lr is None else {"lr": self.lr}))

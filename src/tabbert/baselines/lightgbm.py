@@ -132,7 +132,8 @@ def _train_rows(data: PreparedDataset, out: Path, options: BaselineOptions) -> d
         raise TabbertError(f"{data.path}: no rows in split(s) {empty}; LightGBM needs train, val and test rows")
     inputs = RowInputs(HistoryFeatures.fit(data, split == 0), options.embeddings, options.extra_features,
                        surprise=tuple(str(Path(run).resolve()) for run in options.surprise or ()),
-                       surprise_context=data.seq_len if options.surprise else 0)
+                       surprise_context=data.seq_len if options.surprise else 0,
+                       surprise_expectation=not options.surprise_only)
     began = time.perf_counter()
     surprise = _surprise_features(options.surprise_features) if options.surprise_features else None
     matrix = inputs.of_dataset(data, device=options.device, surprise=surprise)

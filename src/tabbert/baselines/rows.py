@@ -82,6 +82,7 @@ class RowInputs:
     surprise: tuple[str, ...] = ()  # pre-training runs, RUN/model, one per fold
     surprise_context: int = 0  # rows of history the surprise is computed from
     surprise_width: int = 0
+    surprise_expectation: bool = True  # the encoder output that predicts the row, after the surprise
 
     @property
     def names(self) -> list[str]:
@@ -109,7 +110,7 @@ class RowInputs:
                 from tabbert.anomaly import row_surprise
 
                 surprise, _ = row_surprise(list(self.surprise), data.path, context=self.surprise_context or None,
-                                           device=device, embeddings=True, progress=False)
+                                           device=device, embeddings=self.surprise_expectation, progress=False)
             parts.append(self._checked_surprise(surprise, data.n_rows))
         if self.extra_features:
             parts.append(self._extra(data.n_rows))
@@ -129,10 +130,12 @@ class RowInputs:
 
             parts.append(self._checked_surprise(surprise_of_rows(
                 list(self.surprise), TokenRows(tokens, entity_offsets), self.layout.tokenizer,
-                context=self.surprise_context, device=device, embeddings=True), len(tokens)))
+                context=self.surprise_context, device=device, embeddings=self.surprise_expectation), len(tokens)))
         return _joined(parts)
 
     def _checked_surprise(self, surprise: np.ndarray, n_rows: int) -> np.ndarray:
+        if not self.surprise_expectation:
+            surprise = surprise[:, :1 + len(self.layout.tokenizer.fields)]
         if surprise.ndim != 2 or surprise.shape[0] != n_rows or self.surprise_width not in (0, surprise.shape[1]):
             raise TabbertError(f"surprise features must be [n_rows={n_rows}, {self.surprise_width or 'k'}], got "
                                f"{list(surprise.shape)}")
@@ -170,14 +173,15 @@ class RowInputs:
         return {"history": self.layout.to_dict(), "embeddings": self.embeddings,
                 "embedding_width": self.embedding_width, "extra_features": self.extra_features,
                 "extra_width": self.extra_width, "surprise": list(self.surprise),
-                "surprise_context": self.surprise_context, "surprise_width": self.surprise_width}
+                "surprise_context": self.surprise_context, "surprise_width": self.surprise_width,
+                "surprise_expectation": self.surprise_expectation}
 
     @classmethod
     def from_dict(cls, saved: dict, tokenizer: TabularTokenizer) -> RowInputs:
         return cls(HistoryFeatures.from_dict(saved["history"], tokenizer), saved["embeddings"],
                    saved["extra_features"], saved["extra_width"], saved["embedding_width"],
                    tuple(saved.get("surprise", ())), saved.get("surprise_context", 0),
-                   saved.get("surprise_width", 0))
+                   saved.get("surprise_width", 0), saved.get("surprise_expectation", True))
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""Label-free surprise on frauds that only the card's own history gives away.
+
+The built-in generator's frauds come in bursts with odd amounts, MCCs and errors. This benchmark
+makes another kind: the generator's cards without fraud, where isolated rows are then taken over.
+A taken-over row gets the merchant, city, state, zip and time of day of a random row of another
+card with the same channel, and keeps its own card, date, amount, channel, MCC and errors. Only
+the card's history tells these rows apart: a merchant, a place and often an hour it never used.
+
+Per seed: prepare (entity split 60/20/20), pre-train TabBERT ``small`` with next-row prediction on
+the training entities without labels, and rank every test row by its next-row surprise (an
+entity's first row at the median). Beside it, a practitioner's label-free rule (how many of the
+row's values its entity never used before, from the history features) and the history LightGBM
+trained with every label.
+
+    python benchmarks/bench_novelty.py                    # 300 users x 400 rows, seeds 0 1 2
+    python benchmarks/bench_novelty.py --quick            # a smoke test
+
+Goal (printed, exit status 1 when missed): the label-free score's mean test PR-AUC is at least
+0.9, the level an open-source next-transaction model reaches without labels on tables of this kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, roc_auc_score
+from targets import Target, check
+
+from tabbert.anomaly import row_surprise
+from tabbert.atomic import write_json_atomic
+from tabbert.baselines import train_baseline
+from tabbert.baselines.history import HistoryFeatures
+from tabbert.baselines.rows import row_splits
+from tabbert.data.preparation import prepare
+from tabbert.data.synthetic import generate_transactions, write_transactions
+from tabbert.metrics import classification_metrics
+from tabbert.reporting import markdown_table
+from tabbert.training.pretrain import pretrain
+
+HERE = Path(__file__).resolve().parent
+TAKEN_OVER = ("Merchant Name", "Merchant City", "Merchant State", "Zip", "Time")
+GOAL = 0.9
+
+
+def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20) -> pl.DataFrame:
+    """``frame`` (no fraud) with a seeded ``rate`` of its rows taken over and labelled fraud; a card's
+    first ``min_history`` rows are left alone, so that every taken-over row has a history."""
+    rng = np.random.default_rng(seed)
+    n = frame.height
+    user = frame["User"].to_numpy()
+    position = frame.select(pl.int_range(pl.len()).over("User")).to_series().to_numpy()
+    chosen = np.flatnonzero((rng.random(n) < rate) & (position >= min_history))
+    channel = frame["Use Chip"].to_numpy()
+    donors = np.empty(chosen.size, dtype=np.int64)
+    for k, row in enumerate(chosen):  # a few hundred rows: a loop over them is cheap
+        while True:
+            donor = int(rng.integers(n))
+            if user[donor] != user[row] and channel[donor] == channel[row]:
+                donors[k] = donor
+                break
+    replaced = {name: frame[name].scatter(chosen, frame[name].gather(donors)) for name in TAKEN_OVER}
+    fraud = np.zeros(n, dtype=bool)
+    fraud[chosen] = True
+    return frame.with_columns(**replaced, **{"Is Fraud?": pl.Series(np.where(fraud, "Yes", "No"))})
+
+
+def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
+    shutil.rmtree(work, ignore_errors=True)  # a new table each run
+    work.mkdir(parents=True)
+    csv = work / "cards.csv"
+    frame = generate_transactions(args.users, seed=seed, rows_per_user=args.rows_per_user, fraud_rate=0.0)
+    write_transactions(take_over(frame, args.rate, seed), csv)
+    data = prepare("card", csv, work / "prepared", seed=seed)
+    log(f"seed {seed}: {data.n_rows:,} rows, {int(np.asarray(data.labels).sum())} taken over; pre-training")
+    started = time.perf_counter()
+    pretrain(data.path, work / "pretrain", size=args.size, objective="causal", max_steps=args.pretrain_steps,
+             batch_size=64, seed=seed, save_steps=args.pretrain_steps)
+    pretrain_seconds = time.perf_counter() - started
+    surprise, summary = row_surprise([work / "pretrain"], data.path, split="test", progress=False)
+    test = data.points("test")
+    labels = np.asarray(data.labels)[test].astype(np.int64)
+    scores = np.where(np.isnan(surprise[test]), np.nanmedian(surprise[test], axis=0), surprise[test])
+    label_free = classification_metrics(labels, scores[:, 0])
+    per_field = {name: {"pr_auc": float(average_precision_score(labels, scores[:, k])),
+                        "roc_auc": float(roc_auc_score(labels, scores[:, k]))}
+                 for k, name in enumerate(summary["columns"])}
+    history = HistoryFeatures.fit(data, row_splits(data) == 0)
+    matrix = history.transform(data)[test]
+    seen = [k for k, name in enumerate(history.names) if name.endswith(".seen_before")]
+    unseen = np.nansum(1.0 - matrix[:, seen], axis=1)  # a first row has no history: NaN, counted as 0
+    novelty = classification_metrics(labels, unseen)
+    log(f"seed {seed}: history LightGBM")
+    lightgbm = train_baseline(data.path, work / "lightgbm", kind="lightgbm", seed=seed)
+    return {
+        "rows": data.n_rows, "test_rows": int(test.size), "test_positives": int(np.asarray(data.labels)[test].sum()),
+        "pretrain_seconds": round(pretrain_seconds, 1),
+        "next-row surprise (no labels)": {key: label_free[key] for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")},
+        "values never used before, counted (no labels)": {key: novelty[key]
+                                                          for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")},
+        "history LightGBM (every label)": {key: lightgbm["splits"]["test"][key]
+                                           for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")},
+        "surprise by column": per_field,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--rows-per-user", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=0.003, help="share of the rows taken over")
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--work", type=Path, default=HERE / "_work" / "novelty")
+    parser.add_argument("--quick", action="store_true", help="60 users of 200 rows, tiny, 40 steps, one seed")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.users, args.rows_per_user, args.size, args.pretrain_steps = [0], 60, 200, "tiny", 40
+        args.rate = 0.01
+    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
+
+    started = time.perf_counter()
+    runs = {seed: run_seed(args.work / ("quick" if args.quick else "full") / f"seed{seed}", seed, args, log)
+            for seed in args.seeds}
+    rows = ("next-row surprise (no labels)", "values never used before, counted (no labels)",
+            "history LightGBM (every label)")
+    summary = {row: {key: {"mean": float(np.mean([runs[s][row][key] for s in runs])),
+                           "std": float(np.std([runs[s][row][key] for s in runs]))}
+                     for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")} for row in rows}
+    meta = {"users": args.users, "rows_per_user": args.rows_per_user, "rate": args.rate, "size": args.size,
+            "pretrain_steps": args.pretrain_steps, "seeds": args.seeds,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "seconds": round(time.perf_counter() - started, 1)}
+    table = markdown_table([(row, *(f"{summary[row][key]['mean']:.3f} ± {summary[row][key]['std']:.3f}"
+                                    for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr"))) for row in rows],
+                           headers=("model", "test PR-AUC", "ROC-AUC", "recall at 1 % FPR"))
+    columns = runs[args.seeds[0]]["surprise by column"]
+    by_column = {name: {key: float(np.mean([runs[s]["surprise by column"][name][key] for s in runs]))
+                        for key in ("pr_auc", "roc_auc")} for name in columns}
+    print(table)
+    print("\nEach surprise column alone, mean over the seeds (how each field's surprise ranks the taken-over rows):")
+    print(markdown_table([(name, f"{r['pr_auc']:.4f}", f"{r['roc_auc']:.3f}") for name, r in by_column.items()],
+                         headers=("column", "test PR-AUC", "ROC-AUC")))
+    out = args.work / "quick" / "novelty.json" if args.quick else HERE / "results" / "novelty.json"
+    write_json_atomic(out, {"meta": meta, "summary": summary, "surprise_by_column": by_column, "runs": runs})
+    print(f"{meta['seconds']:.0f} s; results in {out}")
+    measured = summary[rows[0]]["pr_auc"]
+    return check([Target("label-free test PR-AUC", f"{measured['mean']:.3f} ± {measured['std']:.3f}", f">= {GOAL}",
+                         measured["mean"] >= GOAL)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

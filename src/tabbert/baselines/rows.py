@@ -88,10 +88,10 @@ class RowInputs:
     def names(self) -> list[str]:
         from tabbert.anomaly import surprise_columns
 
-        surprise = surprise_columns(self.layout.tokenizer.field_names, self.surprise_width)[:self.surprise_width]
-        surprise = [name.replace("embedding.", "expectation.") for name in surprise]
+        surprise = surprise_columns(self.layout.tokenizer.field_names) if self.surprise_width else []
+        expectation = [f"expectation.{k}" for k in range(self.surprise_width - len(surprise))]
         return [*self.layout.names, *(f"embedding.{k}" for k in range(self.embedding_width)), *surprise,
-                *(f"extra.{k}" for k in range(self.extra_width))]
+                *expectation, *(f"extra.{k}" for k in range(self.extra_width))]
 
     @property
     def categorical(self) -> list[int]:

@@ -8,8 +8,8 @@ last saw each raw value (:mod:`tabbert.data.recency`). It is stored as JSON, nev
 commits before it returns, so a row whose score has been answered survives a crash of the
 process, ``kill -9`` included (``synchronous=NORMAL``, the default: a power loss or a crash of
 the machine may take back the latest commits; ``FULL`` syncs the log to disk at every commit and
-survives those too, at the cost of that sync: ``benchmarks/bench_serve.py`` measures both). The store records which model wrote it
-and refuses another model's state.
+survives those too, at the cost of that sync: ``benchmarks/bench_serve.py`` measures both). The
+store records which model wrote it and refuses another model's state.
 """
 
 from __future__ import annotations

@@ -75,6 +75,25 @@ def test_field_transformer_attends_within_a_row_only():
             torch.testing.assert_close(through_bert, out.last_hidden_state)
 
 
+def test_repeated_rows_are_encoded_once_outside_training_with_the_same_vectors():
+    model = tiny_model(TabBertModel)
+    ids = random_windows()
+    ids[1, 1:] = ids[0, :-1]  # overlapping histories, as consecutive prediction points have
+    ids[2] = ids[0, 0]
+    calls = []
+    hook = model.field_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = model.embed_rows(ids)
+        one_by_one = torch.stack([model.embed_rows(ids[b, r].view(1, 1, -1))[0, 0]
+                                  for b in range(BATCH) for r in range(ROWS)]).view(BATCH, ROWS, -1)
+        model.train()  # dropout draws per position: in training every row is encoded where it stands
+        model.embed_rows(ids)
+    hook.remove()
+    assert calls[0] == len({tuple(row) for row in ids.view(-1, len(NAMES)).tolist()}) == ROWS + 1
+    assert calls[-1] == BATCH * ROWS
+    torch.testing.assert_close(shared, one_by_one)
+
+
 @pytest.mark.parametrize("flat", [False, True])
 def test_padding_rows_do_not_change_real_rows(flat):
     model = tiny_model(TabBertModel, flat)

@@ -222,7 +222,19 @@ class TabBertModel(TabBertPreTrainedModel):
         return self._forward_hierarchical(input_ids, attention_mask)
 
     def embed_rows(self, input_ids: torch.LongTensor) -> torch.FloatTensor:
-        """Hierarchical row vectors ``[B, L, hidden]``; each depends on its own row's fields only."""
+        """Hierarchical row vectors ``[B, L, hidden]``; each depends on its own row's fields only.
+
+        Outside training a row that occurs more than once in the batch is encoded once: the
+        histories of consecutive prediction points share all but one row, and padding rows are alike.
+        """
+        if self.training:
+            return self._encode_rows(input_ids)
+        batch, rows, n_fields = input_ids.shape
+        distinct, where = torch.unique(input_ids.reshape(-1, n_fields), dim=0, return_inverse=True)
+        return self._encode_rows(distinct.unsqueeze(0))[0][where].view(batch, rows, -1)
+
+    def _encode_rows(self, input_ids: torch.LongTensor) -> torch.FloatTensor:
+        """The field transformer and projection over every row of ``input_ids [B, L, F]``."""
         batch, rows, n_fields = input_ids.shape
         fields = self.field_embeddings(input_ids) + self.field_position_embeddings.weight
         fields = self.field_dropout(self.field_layer_norm(fields))

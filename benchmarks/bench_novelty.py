@@ -38,7 +38,6 @@ from tabbert.anomaly import row_surprise
 from tabbert.atomic import write_json_atomic
 from tabbert.baselines import train_baseline
 from tabbert.baselines.history import HistoryFeatures
-from tabbert.baselines.rows import row_splits
 from tabbert.data.preparation import prepare
 from tabbert.data.synthetic import generate_transactions, write_transactions
 from tabbert.metrics import classification_metrics
@@ -92,7 +91,7 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
     per_field = {name: {"pr_auc": float(average_precision_score(labels, scores[:, k])),
                         "roc_auc": float(roc_auc_score(labels, scores[:, k]))}
                  for k, name in enumerate(summary["columns"])}
-    history = HistoryFeatures.fit(data, row_splits(data) == 0)
+    history = HistoryFeatures.fit(data, data.row_splits == 0)
     matrix = history.transform(data)[test]
     seen = [k for k, name in enumerate(history.names) if name.endswith(".seen_before")]
     unseen = np.nansum(1.0 - matrix[:, seen], axis=1)  # a first row has no history: NaN, counted as 0

@@ -10,10 +10,11 @@ import polars as pl
 import pytest
 import torch
 
+from tabbert import anomaly
 from tabbert.anomaly import row_surprise
 from tabbert.baselines.history import HistoryFeatures
 from tabbert.baselines.lightgbm import train_lightgbm
-from tabbert.baselines.rows import RowModel, row_splits
+from tabbert.baselines.rows import RowModel
 from tabbert.cli import main
 from tabbert.data.codes import dense_codes
 from tabbert.data.preparation import prepare, prepare_table
@@ -148,7 +149,7 @@ def test_row_lightgbm_trains_evaluates_and_predicts_alike(cards, tmp_path):
     sampling = metrics["training"]["sampling"]
     assert sampling["negative_rate"] == 0.5 and sampling["label_fraction"] == 0.5
     assert sampling["labelled_entities"] == round(0.5 * sampling["training_entities"])
-    split = row_splits(data)
+    split = data.row_splits
     assert metrics["splits"]["test"]["n"] == int((split == 2).sum())  # every test row, none subsampled
     assert metrics["options"]["features"] == "history" and "label_mode" not in metrics["options"]
     assert {"model.txt", "features.json", "tokenizer.json"} <= {p.name for p in run.iterdir()}
@@ -198,7 +199,7 @@ def test_embeddings_and_extra_features_are_appended(cards, tmp_path):
         score_table(run, csv)
 
 
-def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tmp_path):
+def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tmp_path, monkeypatch):
     csv, data = cards
     folds = [tmp_path / f"fold{k}" for k in range(2)]
     for k, fold in enumerate(folds):
@@ -221,7 +222,7 @@ def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tm
     assert again["splits"]["test"]["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
 
     # predict on the test entities' raw rows scores what evaluate scores: neither fold model saw them
-    split = row_splits(data)
+    split = data.row_splits
     test_entities = {key for key, s in zip(data.entities, split[data.entity_offsets[:-1]]) if s == 2}
     frame = read_source("card", csv).frame.filter(pl.col(ENTITY).cast(pl.String).is_in(test_entities))
     predicted = score_table(run, frame).scores
@@ -230,7 +231,11 @@ def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tm
     model = RowModel.load(run)
     expected = model.scores(model.inputs.of_dataset(data)[test_rows])
     np.testing.assert_allclose([by_row[r] for r in np.asarray(data.row_ids)[test_rows]], expected, rtol=1e-6)
+    scored_splits = []  # evaluate computes the surprise of the evaluated split's rows only
+    monkeypatch.setattr(anomaly, "row_surprise",
+                        lambda *args, **options: scored_splits.append(options["split"]) or row_surprise(*args, **options))
     assert evaluate(run, data.path, "test")["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
+    assert scored_splits == ["test"]
 
     # --surprise-only: the total and per-field surprise without the expectation, on both paths
     only = train_lightgbm(data.path, tmp_path / "only", threads=1, rounds=20, surprise=tuple(map(str, folds)),

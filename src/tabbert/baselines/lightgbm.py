@@ -47,7 +47,7 @@ import numpy as np
 from tabbert.atomic import atomic_path, write_json_atomic
 from tabbert.baselines.features import WindowFeatures
 from tabbert.baselines.history import HistoryFeatures
-from tabbert.baselines.rows import FEATURES_FILE, TOKENIZER_FILE, RowInputs, row_splits, write_features_file
+from tabbert.baselines.rows import FEATURES_FILE, TOKENIZER_FILE, RowInputs, write_features_file
 from tabbert.data.prepared import PreparedDataset, check_output_dir
 from tabbert.data.windows import SPLITS
 from tabbert.errors import TabbertError
@@ -126,7 +126,7 @@ def _surprise_features(path: str) -> np.ndarray:
 
 def _train_rows(data: PreparedDataset, out: Path, options: BaselineOptions) -> dict:
     """Fit LightGBM on every row's history features (see the module docstring); write the run."""
-    split = row_splits(data)
+    split = data.row_splits
     empty = [name for index, name in enumerate(SPLITS) if not (split == index).any()]
     if empty:
         raise TabbertError(f"{data.path}: no rows in split(s) {empty}; LightGBM needs train, val and test rows")

@@ -31,7 +31,7 @@ from tabbert.baselines.history import HistoryFeatures
 from tabbert.data.prepared import PreparedDataset
 from tabbert.data.schema import ENTITY, ROW
 from tabbert.data.tokenizer import TabularTokenizer
-from tabbert.data.windows import SPLITS, assign_entities, assign_random
+from tabbert.data.windows import SPLITS
 from tabbert.errors import ArtifactError, TabbertError
 from tabbert.runs import read_json_object
 from tabbert.thresholds import stored_threshold
@@ -47,21 +47,6 @@ def is_row_run(path: str | Path) -> bool:
     if not (path / MODEL_FILE).is_file() or not (path / FEATURES_FILE).is_file():
         return False
     return read_json_object(path / FEATURES_FILE).get("kind") == "history"
-
-
-def row_splits(data: PreparedDataset) -> np.ndarray:
-    """Split id (0 train, 1 val, 2 test) of every row, by the dataset's split method: an entity's
-    rows follow the entity, the time split cuts rows at its cutoffs, the random split draws rows
-    with the split's seed."""
-    split = data.meta["split"]
-    method, fractions, seed = split["method"], split["fractions"], split["seed"]
-    if method == "entity":
-        lengths = np.diff(data.entity_offsets)
-        return np.repeat(assign_entities(lengths.size, fractions, seed), lengths)
-    if method == "time":
-        bounds = np.array([np.datetime64(c, "us").astype(np.int64) for c in split["cutoffs"]])
-        return np.searchsorted(bounds, np.asarray(data.times), side="right").astype(np.int8)
-    return assign_random(data.n_rows, fractions, seed)
 
 
 def entity_starts(entity_offsets: np.ndarray) -> np.ndarray:
@@ -98,9 +83,10 @@ class RowInputs:
         return self.layout.categorical
 
     def of_dataset(self, data: PreparedDataset, *, batch_size: int = 256, device: str | None = None,
-                   surprise: np.ndarray | None = None) -> np.ndarray:
+                   surprise: np.ndarray | None = None, split: str = "all") -> np.ndarray:
         """The features of every row of a prepared dataset; ``surprise``: what :func:`~tabbert.anomaly.row_surprise`
-        gave for these runs and this dataset with ``embeddings=True``, when already computed."""
+        gave for these runs and this dataset with ``embeddings=True``, when already computed. Computed here,
+        the surprise covers the rows of ``split`` only (the others' are NaN)."""
         parts = [self.layout.transform(data)]
         if self.embeddings:
             parts.append(self._embed(np.asarray(data.tokens), np.asarray(data.entity_offsets), batch_size, device,
@@ -109,8 +95,9 @@ class RowInputs:
             if surprise is None:
                 from tabbert.anomaly import row_surprise
 
-                surprise, _ = row_surprise(list(self.surprise), data.path, context=self.surprise_context or None,
-                                           device=device, embeddings=self.surprise_expectation, progress=False)
+                surprise, _ = row_surprise(list(self.surprise), data.path, split=split,
+                                           context=self.surprise_context or None, device=device,
+                                           embeddings=self.surprise_expectation, progress=False)
             parts.append(self._checked_surprise(surprise, data.n_rows))
         if self.extra_features:
             parts.append(self._extra(data.n_rows))
@@ -247,10 +234,10 @@ def evaluate_rows(run_path: str | Path, data_dir: str | Path, split: str = "test
     if data.tokenizer.fingerprint() != model.tokenizer.fingerprint():
         raise ArtifactError(f"{data.path}: tokenized with another tokenizer than the run's; prepare the data with "
                             "the run's schema and training rows")
-    rows = np.flatnonzero(row_splits(data) == SPLITS.index(split))
+    rows = data.points(split)
     if rows.size == 0:
         raise TabbertError(f"{data.path}: split {split!r} has no rows to evaluate")
-    scores = model.scores(model.inputs.of_dataset(data, batch_size=batch_size, device=device)[rows])
+    scores = model.scores(model.inputs.of_dataset(data, batch_size=batch_size, device=device, split=split)[rows])
     truth = np.asarray(data.labels if model.task == "classification" else data.targets)[rows]
     chosen = {} if chosen is None else dict(threshold=chosen.value, threshold_spec=chosen.spec,
                                             threshold_source=chosen.source)

@@ -47,28 +47,49 @@ from tabbert.training.pretrain import pretrain
 HERE = Path(__file__).resolve().parent
 TAKEN_OVER = ("Merchant Name", "Merchant City", "Merchant State", "Zip", "Time")
 GOAL = 0.9
+MAX_DRAWS = 20_000  # donor rows tried for one taken-over row
+DONORS = ("any", "unseen")
 
 
-def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20) -> pl.DataFrame:
-    """``frame`` (no fraud) with a seeded ``rate`` of its rows taken over and labelled fraud; a card's
-    first ``min_history`` rows are left alone, so that every taken-over row has a history."""
+def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20,
+              donors: str = "any") -> tuple[pl.DataFrame, int]:
+    """``frame`` (no fraud) with a seeded ``rate`` of its rows taken over and labelled fraud, and the
+    number of chosen rows left alone for want of a donor. A card's first ``min_history`` rows are left
+    alone, so that every taken-over row has a history. ``donors``: ``any`` row of another card with the
+    same channel, or only one whose merchant, hour of day and (in person) city the card never used
+    before the taken-over row (``unseen``)."""
     rng = np.random.default_rng(seed)
     n = frame.height
     user = frame["User"].to_numpy()
     position = frame.select(pl.int_range(pl.len()).over("User")).to_series().to_numpy()
     chosen = np.flatnonzero((rng.random(n) < rate) & (position >= min_history))
     channel = frame["Use Chip"].to_numpy()
-    donors = np.empty(chosen.size, dtype=np.int64)
+    merchant, city = frame["Merchant Name"].to_numpy(), frame["Merchant City"].to_numpy()
+    hour = frame["Time"].str.slice(0, 2).to_numpy()
+
+    def acceptable(donor: int, row: int) -> bool:
+        if user[donor] == user[row] or channel[donor] != channel[row]:
+            return False
+        if donors == "any":
+            return True
+        earlier = slice(row - position[row], row)
+        in_person = channel[row] != "Online Transaction"
+        return (merchant[donor] not in merchant[earlier] and hour[donor] not in hour[earlier]
+                and not (in_person and city[donor] in city[earlier]))
+
+    found = np.full(chosen.size, -1, dtype=np.int64)
     for k, row in enumerate(chosen):  # a few hundred rows: a loop over them is cheap
-        while True:
-            donor = int(rng.integers(n))
-            if user[donor] != user[row] and channel[donor] == channel[row]:
-                donors[k] = donor
+        for donor in rng.integers(n, size=MAX_DRAWS):
+            if acceptable(int(donor), row):
+                found[k] = donor
                 break
-    replaced = {name: frame[name].scatter(chosen, frame[name].gather(donors)) for name in TAKEN_OVER}
+    taken = found >= 0
+    chosen, found = chosen[taken], found[taken]
+    replaced = {name: frame[name].scatter(chosen, frame[name].gather(found)) for name in TAKEN_OVER}
     fraud = np.zeros(n, dtype=bool)
     fraud[chosen] = True
-    return frame.with_columns(**replaced, **{"Is Fraud?": pl.Series(np.where(fraud, "Yes", "No"))})
+    frame = frame.with_columns(**replaced, **{"Is Fraud?": pl.Series(np.where(fraud, "Yes", "No"))})
+    return frame, int((~taken).sum())
 
 
 def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
@@ -76,7 +97,8 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
     work.mkdir(parents=True)
     csv = work / "cards.csv"
     frame = generate_transactions(args.users, seed=seed, rows_per_user=args.rows_per_user, fraud_rate=0.0)
-    write_transactions(take_over(frame, args.rate, seed), csv)
+    frame, no_donor = take_over(frame, args.rate, seed, donors=args.donors)
+    write_transactions(frame, csv)
     data = prepare("card", csv, work / "prepared", seed=seed)
     log(f"seed {seed}: {data.n_rows:,} rows, {int(np.asarray(data.labels).sum())} taken over; pre-training")
     started = time.perf_counter()
@@ -99,7 +121,7 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
     log(f"seed {seed}: history LightGBM")
     lightgbm = train_baseline(data.path, work / "lightgbm", kind="lightgbm", seed=seed)
     return {
-        "rows": data.n_rows, "test_rows": int(test.size), "test_positives": int(np.asarray(data.labels)[test].sum()),
+        "rows": data.n_rows, "rows_without_donor": no_donor, "test_rows": int(test.size), "test_positives": int(np.asarray(data.labels)[test].sum()),
         "pretrain_seconds": round(pretrain_seconds, 1),
         "next-row surprise (no labels)": {key: label_free[key] for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")},
         "values never used before, counted (no labels)": {key: novelty[key]
@@ -116,6 +138,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--rows-per-user", type=int, default=400)
     parser.add_argument("--rate", type=float, default=0.003, help="share of the rows taken over")
+    parser.add_argument("--donors", choices=DONORS, default="any",
+                        help="any: a row of another card with the same channel; unseen: one whose merchant, hour "
+                             "and (in person) city the card never used before")
     parser.add_argument("--size", default="small")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--work", type=Path, default=HERE / "_work" / "novelty")
@@ -127,14 +152,15 @@ def main() -> int:
     log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
 
     started = time.perf_counter()
-    runs = {seed: run_seed(args.work / ("quick" if args.quick else "full") / f"seed{seed}", seed, args, log)
+    tag = ("quick" if args.quick else "full") + ("" if args.donors == "any" else f"_{args.donors}")
+    runs = {seed: run_seed(args.work / tag / f"seed{seed}", seed, args, log)
             for seed in args.seeds}
     rows = ("next-row surprise (no labels)", "values never used before, counted (no labels)",
             "history LightGBM (every label)")
     summary = {row: {key: {"mean": float(np.mean([runs[s][row][key] for s in runs])),
                            "std": float(np.std([runs[s][row][key] for s in runs]))}
                      for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")} for row in rows}
-    meta = {"users": args.users, "rows_per_user": args.rows_per_user, "rate": args.rate, "size": args.size,
+    meta = {"donors": args.donors, "users": args.users, "rows_per_user": args.rows_per_user, "rate": args.rate, "size": args.size,
             "pretrain_steps": args.pretrain_steps, "seeds": args.seeds,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "seconds": round(time.perf_counter() - started, 1)}
@@ -148,7 +174,8 @@ def main() -> int:
     print("\nEach surprise column alone, mean over the seeds (how each field's surprise ranks the taken-over rows):")
     print(markdown_table([(name, f"{r['pr_auc']:.4f}", f"{r['roc_auc']:.3f}") for name, r in by_column.items()],
                          headers=("column", "test PR-AUC", "ROC-AUC")))
-    out = args.work / "quick" / "novelty.json" if args.quick else HERE / "results" / "novelty.json"
+    name = "novelty.json" if args.donors == "any" else f"novelty_{args.donors}.json"
+    out = args.work / tag / name if args.quick else HERE / "results" / name
     write_json_atomic(out, {"meta": meta, "summary": summary, "surprise_by_column": by_column, "runs": runs})
     print(f"{meta['seconds']:.0f} s; results in {out}")
     measured = summary[rows[0]]["pr_auc"]

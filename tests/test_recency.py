@@ -81,3 +81,43 @@ def test_levels_match_a_row_by_row_reference(highest):
     codes = rng.choice(np.array([-1, 0, 1, 2, highest]), size=entity.size)
     times = np.concatenate([np.sort(rng.integers(0, 400 * 86_400 * 10**6, 40)) for _ in range(5)])
     assert recency_levels(entity, codes, times).tolist() == reference_levels(entity, codes, times)
+
+
+def test_card_recency_fields_are_chosen_at_prepare_and_follow_a_reused_tokenizer(fraud_card_csv, tmp_path,
+                                                                                  capsys):
+    from tabbert.cli import main
+    from tabbert.data.prepared import PreparedDataset
+    from tabbert.data.sources import CARD_FIELDS, CARD_RECENCY
+
+    def prepare(out: str, *options: str) -> PreparedDataset:
+        assert main(["prepare", "--source", "card", "--input", str(fraud_card_csv), "--out", str(tmp_path / out),
+                     *options]) == 0
+        return PreparedDataset(tmp_path / out)
+
+    time_fields = ["time.hour", "time.weekday", "time.gap"]
+    default = prepare("default")
+    assert default.tokenizer.field_names == [*CARD_FIELDS, *(f"recency.{name}" for name in CARD_RECENCY), *time_fields]
+    reference = prepare("reference", "--recency", "none")
+    assert reference.tokenizer.field_names == [*CARD_FIELDS, *time_fields]
+    assert np.array_equal(np.asarray(reference.codes), np.asarray(default.codes))
+    chosen = prepare("chosen", "--recency", "Merchant City", "hour")
+    assert [n for n in chosen.tokenizer.field_names if n.startswith("recency.")] == ["recency.Merchant City",
+                                                                                      "recency.hour"]
+    np.testing.assert_array_equal(  # the same fields as the default's, token for token
+        chosen.tokenizer.decode(np.asarray(chosen.tokens))["recency.hour"].to_numpy(),
+        default.tokenizer.decode(np.asarray(default.tokens))["recency.hour"].to_numpy())
+
+    # a pre-training run's tokenizer brings its recency fields along
+    run = tmp_path / "run" / "model"
+    run.mkdir(parents=True)
+    reference.tokenizer.save(run / "tokenizer.json")
+    reused = prepare("reused", "--tokenizer", str(run))
+    assert reused.tokenizer.field_names == reference.tokenizer.field_names
+
+    for options, message in (
+        (["--source", "card", "--recency", "Amount"], "recency applies to categorical fields and 'hour'; not to ['Amount']"),
+        (["--source", "prsa", "--recency", "wd"], "--recency applies to --source card"),
+        (["--source", "card", "--recency", "none", "MCC"], "'none' or field names, not both"),
+    ):
+        assert main(["prepare", "--input", str(fraud_card_csv), "--out", str(tmp_path / "bad"), *options]) != 0
+        assert message in capsys.readouterr().err

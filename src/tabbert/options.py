@@ -232,6 +232,11 @@ class PrepareOptions(Options):
     time_features: tuple[str, ...] | None = option(None, choices=TIME_FEATURES, nargs="+",
                                                    help="card: time fields to derive (default hour weekday gap; "
                                                    "'timestamp' is the reference's)")
+    recency: tuple[str, ...] | None = option(
+        None, nargs="+", metavar="FIELD",
+        help="card: fields whose time since the card holder last used the same value (over the whole past) "
+        "becomes a field of its own (default: Merchant Name, Merchant City, Zip, MCC, Use Chip and hour); "
+        "'none' keeps the reference fields only, a history of --seq-len rows")
     seed: int = option(0, help="seed of the split")
     tokenizer: str | None = option(None, metavar="RUN/model",
                                    help="encode with this pre-training run's tokenizer (vocabularies, bins, recency "
@@ -247,12 +252,19 @@ class PrepareOptions(Options):
             raise TabbertError(f"prepare runs on the CPU; --device {self.device} is not available to it")
         if self.tokenizer is not None:
             object.__setattr__(self, "tokenizer", str(self.tokenizer))
+        if self.recency is not None and self.source != "card":
+            raise TabbertError(f"--recency applies to --source card; a {self.source} table's recency fields come "
+                               "from its schema")
+        if self.recency is not None and "none" in self.recency and len(self.recency) > 1:
+            raise TabbertError(f"--recency takes 'none' or field names, not both (got {list(self.recency)})")
 
     def reader_options(self) -> dict:
         """The options of the source's reader that differ from its defaults."""
         options: dict[str, Any] = {"keep_missing": True} if self.keep_missing else {}
         if self.time_features:
             options["time_features"] = self.time_features
+        if self.recency is not None:
+            options["recency"] = () if self.recency == ("none",) else self.recency
         return options
 
 

@@ -76,7 +76,7 @@ def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOpt
     """Read ``input`` with the ``source`` reader and write the prepared dataset to ``out``.
 
     ``options`` and ``settings`` (its fields by name: ``seq_len``, ``stride``, ``split``,
-    ``fractions``, ``cutoffs``, ``seed``, ``schema``, ``keep_missing``, ``time_features``,
+    ``fractions``, ``cutoffs``, ``seed``, ``schema``, ``keep_missing``, ``time_features``, ``recency``,
     ``tokenizer``) are :class:`~tabbert.options.PrepareOptions`. ``split`` is ``entity`` (default:
     each entity's windows in one split, no leakage), ``time`` (by the time of a window's newest row;
     ``cutoffs`` are the ISO dates where validation and test begin, else row-time quantiles of
@@ -99,6 +99,8 @@ def prepare(source: str, input: str | Path, out: str | Path, options: PrepareOpt
         tokenizer, tokenizer_file = run_tokenizer(options.tokenizer)
         if source == "card" and not options.time_features:
             reader_options["time_features"] = tokenizer.schema.time_features
+        if source == "card" and options.recency is None:
+            reader_options["recency"] = tokenizer.schema.recency
     labelled = has_labels(source, input, schema=options.schema)
     # the input is hashed beside the reading, on the time the reader leaves a core idle
     with ThreadPoolExecutor(max_workers=1, initializer=_lowest_priority) as pool:

@@ -150,7 +150,7 @@ CARD_RECENCY = ("Merchant Name", "Merchant City", "Zip", "MCC", "Use Chip", "hou
 
 
 def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday", "gap"),
-              require_labels: bool = True) -> Table:
+              recency: Sequence[str] = CARD_RECENCY, require_labels: bool = True) -> Table:
     """Read IBM card transactions (CSV, ``.csv.gz`` or Parquet) into the normalized layout.
 
     The entity is ``User`` (an integer id); ``_time`` comes from Year, Month, Day and Time
@@ -162,13 +162,16 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     and Errors? empty); User, Card and MCC must be integers, Merchant Name and Zip too when
     present, and any bad value in a column that is parsed is an error, so no row is ever dropped.
     With ``require_labels=False`` (new transactions to score) the ``Is Fraud?`` column may be
-    absent; labels are then null.
+    absent; labels are then null. ``recency`` names the fields (categorical fields and ``hour``)
+    whose time since the card holder last used the same value becomes a field of its own
+    (:mod:`tabbert.data.recency`); ``()`` leaves the reference fields alone.
 
     A CSV is first read with its columns' types (integers parsed by the CSV reader, text
     columns straight into Categoricals, and Time, Use Chip and Is Fraud? into Enums of their
     valid values, so that the reader itself checks them); when a value does not parse, it is
     read again as text, where the strict checks find and name the offending row.
     """
+    schema = _card_schema(time_features, recency)  # checked before any reading
     files = _source_files(path, DATA_FILE_PATTERNS)
     labelled = require_labels or CARD_LABEL in _columns(files[0])
     expected = CARD_COLUMNS if labelled else tuple(c for c in CARD_COLUMNS if c != CARD_LABEL)
@@ -178,7 +181,7 @@ def read_card(path: Sources, *, time_features: Sequence[str] = ("hour", "weekday
     if not _is_parquet(files[0]):
         typed_scan = _scanner(types={name: CARD_CSV_TYPES[name] for name in expected})
     frame, rows_in, dropped = _run(_describe(path), files, scan, _card_query(labelled), typed_scan=typed_scan)
-    return Table(frame, _card_schema(time_features), _describe(path), rows_in, dropped, labelled=labelled)
+    return Table(frame, schema, _describe(path), rows_in, dropped, labelled=labelled)
 
 
 def _card_query(labelled: bool) -> _Query:
@@ -222,7 +225,7 @@ def _card_query(labelled: bool) -> _Query:
     return query
 
 
-def _card_schema(time_features: Sequence[str]) -> TableSchema:
+def _card_schema(time_features: Sequence[str], recency: Sequence[str] = CARD_RECENCY) -> TableSchema:
     return TableSchema(
         fields=tuple(FieldSpec(name, "numeric" if name == "Amount" else "categorical") for name in CARD_FIELDS),
         labels=(CARD_LABEL,),
@@ -230,7 +233,7 @@ def _card_schema(time_features: Sequence[str]) -> TableSchema:
         time_features=tuple(time_features),
         time_bins=10,
         source="card",
-        recency=CARD_RECENCY,
+        recency=tuple(recency),
     )
 
 

@@ -5,6 +5,9 @@ makes another kind: the generator's cards without fraud, where isolated rows are
 A taken-over row gets the merchant, city, state, zip and time of day of a random row of another
 card with the same channel, and keeps its own card, date, amount, channel, MCC and errors. Only
 the card's history tells these rows apart: a merchant, a place and often an hour it never used.
+With ``--donors unseen`` the donor row must bring a merchant, an hour of day and (in person) a city
+the card holder never used before the taken-over row, as in a card suddenly used where and when
+its holder never goes.
 
 Per seed: prepare (entity split 60/20/20), pre-train TabBERT ``small`` with next-row prediction on
 the training entities without labels, and rank every test row by its next-row surprise (an
@@ -13,6 +16,7 @@ row's values its entity never used before, from the history features) and the hi
 trained with every label.
 
     python benchmarks/bench_novelty.py                    # 300 users x 400 rows, seeds 0 1 2
+    python benchmarks/bench_novelty.py --donors unseen    # results/novelty_unseen.json
     python benchmarks/bench_novelty.py --quick            # a smoke test
 
 Goal (printed, exit status 1 when missed): the label-free score's mean test PR-AUC is at least
@@ -53,26 +57,33 @@ DONORS = ("any", "unseen")
 
 def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20,
               donors: str = "any") -> tuple[pl.DataFrame, int]:
-    """``frame`` (no fraud) with a seeded ``rate`` of its rows taken over and labelled fraud, and the
-    number of chosen rows left alone for want of a donor. A card's first ``min_history`` rows are left
-    alone, so that every taken-over row has a history. ``donors``: ``any`` row of another card with the
-    same channel, or only one whose merchant, hour of day and (in person) city the card never used
-    before the taken-over row (``unseen``)."""
+    """``frame`` (no fraud, rows grouped by user) with a seeded ``rate`` of its rows taken over and
+    labelled fraud, and the number of chosen rows left alone for want of a donor. A user's first
+    ``min_history`` rows in time are left alone, so that every taken-over row has a history.
+    ``donors``: ``any`` row of another user with the same channel, or only one whose merchant, hour
+    of day and (in person) city the user never used before the taken-over row (``unseen``)."""
     rng = np.random.default_rng(seed)
     n = frame.height
     user = frame["User"].to_numpy()
-    position = frame.select(pl.int_range(pl.len()).over("User")).to_series().to_numpy()
-    chosen = np.flatnonzero((rng.random(n) < rate) & (position >= min_history))
+    first = np.searchsorted(user, user)
+    clock = pl.datetime(pl.col("Year"), pl.col("Month"), pl.col("Day"))
+    minute = clock.dt.epoch("s") // 60 + pl.col("Time").str.slice(0, 2).cast(pl.Int64) * 60 + pl.col(
+        "Time").str.slice(3, 2).cast(pl.Int64)
+    when = frame.select(minute).to_series().to_numpy()
+    rank = frame.select(minute.rank("ordinal").over("User") - 1).to_series().to_numpy()  # place in the user's time
+    chosen = np.flatnonzero((rng.random(n) < rate) & (rank >= min_history))
+    chosen = chosen[np.argsort(when[chosen], kind="stable")]  # in time: a row's history holds the earlier takeovers
     channel = frame["Use Chip"].to_numpy()
-    merchant, city = frame["Merchant Name"].to_numpy(), frame["Merchant City"].to_numpy()
-    hour = frame["Time"].str.slice(0, 2).to_numpy()
+    merchant, city = frame["Merchant Name"].to_numpy().copy(), frame["Merchant City"].to_numpy().copy()
+    hour = frame["Time"].str.slice(0, 2).to_numpy().copy()
 
     def acceptable(donor: int, row: int) -> bool:
         if user[donor] == user[row] or channel[donor] != channel[row]:
             return False
         if donors == "any":
             return True
-        earlier = slice(row - position[row], row)
+        users_rows = np.arange(first[row], np.searchsorted(user, user[row], side="right"))
+        earlier = users_rows[when[users_rows] < when[row]]
         in_person = channel[row] != "Online Transaction"
         return (merchant[donor] not in merchant[earlier] and hour[donor] not in hour[earlier]
                 and not (in_person and city[donor] in city[earlier]))
@@ -82,6 +93,7 @@ def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20
         for donor in rng.integers(n, size=MAX_DRAWS):
             if acceptable(int(donor), row):
                 found[k] = donor
+                merchant[row], city[row], hour[row] = merchant[donor], city[donor], hour[donor]
                 break
     taken = found >= 0
     chosen, found = chosen[taken], found[taken]

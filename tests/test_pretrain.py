@@ -92,6 +92,15 @@ def test_metrics_report_every_field_against_its_majority_baseline(run_dir, card_
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-25", "checkpoint-50"]
 
 
+def test_validation_keeps_at_most_max_eval_windows_spread_over_the_split(card_data, tmp_path):
+    val = PreparedDataset(card_data).windows("val")
+    metrics = pretrain(card_data, tmp_path / "run", max_steps=2, max_eval_windows=5, seed=0, threads=1, **TINY)
+    assert len(val) > 5 and metrics["val_windows"] == 5
+    every = pretrain(card_data, tmp_path / "every", max_steps=2, max_eval_windows=len(val) + 1, seed=0, threads=1,
+                     **TINY)
+    assert every["val_windows"] == len(val)
+
+
 def test_saved_model_reloads_with_identical_outputs(run_dir, card_data):
     model_dir = run_dir / "model"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}

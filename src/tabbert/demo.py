@@ -43,6 +43,7 @@ class DemoSettings:
     size: str = "small"
     pretrain_steps: int = 300
     pretrain_batch_size: int = 64
+    pretrain_eval_windows: int = 2048  # the validation loss of pre-training is only reported
     finetune_epochs: int = 2
     finetune_batch_size: int = 128
     raw_size: str = "small"
@@ -96,7 +97,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), log=print
     def pretrained(name: str, **options) -> Path:
         step(f"pre-train TabBERT ({name})", lambda: pretrain(
             data_dir, out / name, size=settings.size, max_steps=settings.pretrain_steps,
-            batch_size=settings.pretrain_batch_size, seed=settings.seed, save_steps=settings.pretrain_steps,
+            batch_size=settings.pretrain_batch_size, max_eval_windows=settings.pretrain_eval_windows,
+            seed=settings.seed, save_steps=settings.pretrain_steps,
             threads=settings.threads, device=settings.device, **options))
         return out / name / "model"
 

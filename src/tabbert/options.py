@@ -294,6 +294,8 @@ class PretrainOptions(Options):
                         "surprise and embeddings; see --fold)")
     fold: int | None = option(None, at_least=0, help="with --folds K: leave out the training entities of this fold "
                               "(0 .. K-1)")
+    max_eval_windows: int | None = option(None, at_least=1, help="validate on at most this many validation windows, "
+                                          "spread evenly over the split (default: every one)")
     save_steps: int = option(500, help="checkpoint every this many steps", at_least=1)
     save_total_limit: int = option(2, help="checkpoints kept", at_least=1)
     bf16: bool = option(False, help="bfloat16 autocast on a CUDA device (ignored on CPU)")

@@ -458,8 +458,11 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
 
 
 def _windows(data: PreparedDataset, options: PretrainOptions) -> tuple[WindowDataset, WindowDataset]:
-    """The training and validation windows; out of fold, the training entities of the fold are left out."""
+    """The training and validation windows; out of fold, the training entities of the fold are left out,
+    and ``max_eval_windows`` keeps that many validation windows at even steps through the split."""
     train, val = WindowDataset(data, "train"), WindowDataset(data, "val")
+    if options.max_eval_windows is not None and len(val) > options.max_eval_windows:
+        val.starts = val.starts[np.linspace(0, len(val) - 1, options.max_eval_windows).round().astype(np.int64)]
     if options.fold is not None:
         entity = np.searchsorted(data.entity_offsets, train.starts, side="right") - 1
         train.starts = train.starts[data.entity_folds(options.folds)[entity] != options.fold]

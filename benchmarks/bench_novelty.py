@@ -133,7 +133,8 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
     log(f"seed {seed}: history LightGBM")
     lightgbm = train_baseline(data.path, work / "lightgbm", kind="lightgbm", seed=seed)
     return {
-        "rows": data.n_rows, "rows_without_donor": no_donor, "test_rows": int(test.size), "test_positives": int(np.asarray(data.labels)[test].sum()),
+        "rows": data.n_rows, "rows_without_donor": no_donor, "test_rows": int(test.size),
+        "test_positives": int(np.asarray(data.labels)[test].sum()),
         "pretrain_seconds": round(pretrain_seconds, 1),
         "next-row surprise (no labels)": {key: label_free[key] for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")},
         "values never used before, counted (no labels)": {key: novelty[key]
@@ -172,7 +173,8 @@ def main() -> int:
     summary = {row: {key: {"mean": float(np.mean([runs[s][row][key] for s in runs])),
                            "std": float(np.std([runs[s][row][key] for s in runs]))}
                      for key in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")} for row in rows}
-    meta = {"donors": args.donors, "users": args.users, "rows_per_user": args.rows_per_user, "rate": args.rate, "size": args.size,
+    meta = {"donors": args.donors, "users": args.users, "rows_per_user": args.rows_per_user, "rate": args.rate,
+            "size": args.size,
             "pretrain_steps": args.pretrain_steps, "seeds": args.seeds,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "seconds": round(time.perf_counter() - started, 1)}

@@ -232,8 +232,11 @@ def test_surprise_of_pre_trained_folds_is_appended_and_predicted_alike(cards, tm
     expected = model.scores(model.inputs.of_dataset(data)[test_rows])
     np.testing.assert_allclose([by_row[r] for r in np.asarray(data.row_ids)[test_rows]], expected, rtol=1e-6)
     scored_splits = []  # evaluate computes the surprise of the evaluated split's rows only
-    monkeypatch.setattr(anomaly, "row_surprise",
-                        lambda *args, **options: scored_splits.append(options["split"]) or row_surprise(*args, **options))
+    def recording(*args, **options):
+        scored_splits.append(options["split"])
+        return row_surprise(*args, **options)
+
+    monkeypatch.setattr(anomaly, "row_surprise", recording)
     assert evaluate(run, data.path, "test")["pr_auc"] == metrics["splits"]["test"]["pr_auc"]
     assert scored_splits == ["test"]
 

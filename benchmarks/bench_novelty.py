@@ -77,21 +77,26 @@ def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20
     merchant, city = frame["Merchant Name"].to_numpy().copy(), frame["Merchant City"].to_numpy().copy()
     hour = frame["Time"].str.slice(0, 2).to_numpy().copy()
 
-    def acceptable(donor: int, row: int) -> bool:
-        if user[donor] == user[row] or channel[donor] != channel[row]:
-            return False
+    def history(row: int) -> tuple[set, set, set] | None:
+        """The merchants, cities (in person) and hours the row's user had before it; None: any donor will do."""
         if donors == "any":
-            return True
+            return None
         users_rows = np.arange(first[row], np.searchsorted(user, user[row], side="right"))
         earlier = users_rows[when[users_rows] < when[row]]
         in_person = channel[row] != "Online Transaction"
-        return (merchant[donor] not in merchant[earlier] and hour[donor] not in hour[earlier]
-                and not (in_person and city[donor] in city[earlier]))
+        return set(merchant[earlier]), set(city[earlier]) if in_person else set(), set(hour[earlier])
+
+    def acceptable(donor: int, row: int, seen: tuple[set, set, set] | None) -> bool:
+        if user[donor] == user[row] or channel[donor] != channel[row]:
+            return False
+        return seen is None or (merchant[donor] not in seen[0] and city[donor] not in seen[1]
+                                and hour[donor] not in seen[2])
 
     found = np.full(chosen.size, -1, dtype=np.int64)
     for k, row in enumerate(chosen):  # a few hundred rows: a loop over them is cheap
+        seen = history(row)
         for donor in rng.integers(n, size=MAX_DRAWS):
-            if acceptable(int(donor), row):
+            if acceptable(int(donor), row, seen):
                 found[k] = donor
                 merchant[row], city[row], hour[row] = merchant[donor], city[donor], hour[donor]
                 break

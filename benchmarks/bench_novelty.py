@@ -17,6 +17,8 @@ trained with every label.
 
     python benchmarks/bench_novelty.py                    # 300 users x 400 rows, seeds 0 1 2
     python benchmarks/bench_novelty.py --donors unseen    # results/novelty_unseen.json
+    python benchmarks/bench_novelty.py --donors unseen --users 100 --rows-per-user 2000
+                                                          # results/novelty_unseen_100u_2000r.json
     python benchmarks/bench_novelty.py --quick            # a smoke test
 
 Goal (printed, exit status 1 when missed): the label-free score's mean test PR-AUC is at least
@@ -193,7 +195,8 @@ def main() -> int:
     print("\nEach surprise column alone, mean over the seeds (how each field's surprise ranks the taken-over rows):")
     print(markdown_table([(name, f"{r['pr_auc']:.4f}", f"{r['roc_auc']:.3f}") for name, r in by_column.items()],
                          headers=("column", "test PR-AUC", "ROC-AUC")))
-    name = "novelty.json" if args.donors == "any" else f"novelty_{args.donors}.json"
+    sizes = "" if (args.users, args.rows_per_user) == (300, 400) else f"_{args.users}u_{args.rows_per_user}r"
+    name = f"novelty{'' if args.donors == 'any' else '_' + args.donors}{sizes}.json"
     out = args.work / tag / name if args.quick else HERE / "results" / name
     write_json_atomic(out, {"meta": meta, "summary": summary, "surprise_by_column": by_column, "runs": runs})
     print(f"{meta['seconds']:.0f} s; results in {out}")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_novelty import take_over
-from targets import Target, check
+from targets import Target, check, log
 
 from tabbert.anomaly import row_surprise
 from tabbert.atomic import write_json_atomic
@@ -102,7 +102,6 @@ def main() -> int:
     if args.quick:
         args.users, args.rows_per_user, args.size, args.pretrain_steps = 60, 200, "tiny", 40
         args.rate = args.fraud_rate = 0.01
-    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
     work = args.work / ("quick" if args.quick else "full")
     shutil.rmtree(work, ignore_errors=True)
 

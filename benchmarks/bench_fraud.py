@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
-from targets import Target, check
+from targets import Target, check, log
 
 from tabbert.anomaly import row_surprise
 from tabbert.atomic import write_json_atomic
@@ -113,7 +113,7 @@ def test_figures(metrics: dict | None) -> dict:
             "train_seconds": training.get("train_seconds")}
 
 
-def run_seed(work: Path, seed: int, sizes: Sizes, log) -> dict:
+def run_seed(work: Path, seed: int, sizes: Sizes) -> dict:
     """Every row of both tables for one seed."""
     work.mkdir(parents=True, exist_ok=True)
     csv = work / "cards.csv"
@@ -175,7 +175,7 @@ def run_seed(work: Path, seed: int, sizes: Sizes, log) -> dict:
             log(f"seed {seed}, labels of {tag} of the training entities: {label}")
             table[tag][label] = test_figures(cached(work / _run_name(label, tag), action))
         table[tag][SURPRISE_ROW] = test_figures(surprise_run(data, np.asarray(surprise)))
-    return {"table": table, "paper_protocol": paper_protocol(work, csv, seed, whole, sizes, log),
+    return {"table": table, "paper_protocol": paper_protocol(work, csv, seed, whole, sizes),
             "surprise_by_episode": surprise_by_episode(data, np.asarray(surprise[:, 0])),
             "pretrain_seconds": seconds, "rows": data.n_rows, "positive_rows": int(np.asarray(data.labels).sum())}
 
@@ -204,7 +204,7 @@ def _run_name(label: str, tag: str) -> str:
             "LightGBM + TabBERT surprise only": "lightgbm_surprise"}[label] + f"_{tag}"
 
 
-def paper_protocol(work: Path, csv: Path, seed: int, pretrained: Path, sizes: Sizes, log) -> dict:
+def paper_protocol(work: Path, csv: Path, seed: int, pretrained: Path, sizes: Sizes) -> dict:
     """The paper's setting: windows of 10 at a stride of 10, label "any", upsampled positives, F1."""
     data_dir = work / "prepared_stride10"
     if not (data_dir / "meta.json").is_file():
@@ -304,10 +304,9 @@ def main() -> int:
     sizes = Sizes(**{**asdict(sizes), **chosen})
     tag = "quick" if args.quick else "_".join(f"{name}{value}" for name, value in chosen.items()) or "default"
     work = args.work / tag
-    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
 
     started = time.perf_counter()
-    runs = {seed: run_seed(work / f"seed{seed}", seed, sizes, log) for seed in args.seeds}
+    runs = {seed: run_seed(work / f"seed{seed}", seed, sizes) for seed in args.seeds}
     summary = summarize(runs)
     meta = {"users": sizes.users, "seeds": args.seeds, "sizes": asdict(sizes),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

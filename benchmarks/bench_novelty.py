@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from sklearn.metrics import average_precision_score, roc_auc_score
-from targets import Target, check
+from targets import Target, check, log
 
 from tabbert.anomaly import row_surprise
 from tabbert.atomic import write_json_atomic
@@ -111,7 +111,7 @@ def take_over(frame: pl.DataFrame, rate: float, seed: int, min_history: int = 20
     return frame, int((~taken).sum())
 
 
-def run_seed(work: Path, seed: int, args: argparse.Namespace, log) -> dict:
+def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
     shutil.rmtree(work, ignore_errors=True)  # a new table each run
     work.mkdir(parents=True)
     csv = work / "cards.csv"
@@ -169,11 +169,10 @@ def main() -> int:
     if args.quick:
         args.seeds, args.users, args.rows_per_user, args.size, args.pretrain_steps = [0], 60, 200, "tiny", 40
         args.rate = 0.01
-    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
 
     started = time.perf_counter()
     tag = ("quick" if args.quick else "full") + ("" if args.donors == "any" else f"_{args.donors}")
-    runs = {seed: run_seed(args.work / tag / f"seed{seed}", seed, args, log)
+    runs = {seed: run_seed(args.work / tag / f"seed{seed}", seed, args)
             for seed in args.seeds}
     rows = ("next-row surprise (no labels)", "values never used before, counted (no labels)",
             "history LightGBM (every label)")
@@ -195,7 +194,8 @@ def main() -> int:
     print("\nEach surprise column alone, mean over the seeds (how each field's surprise ranks the taken-over rows):")
     print(markdown_table([(name, f"{r['pr_auc']:.4f}", f"{r['roc_auc']:.3f}") for name, r in by_column.items()],
                          headers=("column", "test PR-AUC", "ROC-AUC")))
-    sizes = "" if (args.users, args.rows_per_user) == (300, 400) else f"_{args.users}u_{args.rows_per_user}r"
+    default_sizes = (parser.get_default("users"), parser.get_default("rows_per_user"))
+    sizes = "" if (args.users, args.rows_per_user) == default_sizes else f"_{args.users}u_{args.rows_per_user}r"
     name = f"novelty{'' if args.donors == 'any' else '_' + args.donors}{sizes}.json"
     out = args.work / tag / name if args.quick else HERE / "results" / name
     write_json_atomic(out, {"meta": meta, "summary": summary, "surprise_by_column": by_column, "runs": runs})

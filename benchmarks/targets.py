@@ -1,6 +1,9 @@
-"""The targets of the benchmarks: each is printed beside its measurement, and a missed one fails the run."""
+"""What the benchmarks share: their targets (each is printed beside its measurement, and a missed
+one fails the run) and their progress lines."""
 
 from __future__ import annotations
+
+import time
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,3 +30,8 @@ def check(targets: Sequence[Target]) -> int:
     if missed:
         print(f"missed: {', '.join(missed)}")
     return 1 if missed else 0
+
+
+def log(message: str) -> None:
+    """A progress line, stamped with the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)

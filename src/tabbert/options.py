@@ -257,6 +257,8 @@ class PrepareOptions(Options):
                                "from its schema")
         if self.recency is not None and "none" in self.recency and len(self.recency) > 1:
             raise TabbertError(f"--recency takes 'none' or field names, not both (got {list(self.recency)})")
+        if self.recency is not None:  # 'none' is the empty choice
+            object.__setattr__(self, "recency", tuple(name for name in self.recency if name != "none"))
 
     def reader_options(self) -> dict:
         """The options of the source's reader that differ from its defaults."""
@@ -264,7 +266,7 @@ class PrepareOptions(Options):
         if self.time_features:
             options["time_features"] = self.time_features
         if self.recency is not None:
-            options["recency"] = () if self.recency == ("none",) else self.recency
+            options["recency"] = self.recency
         return options
 
 

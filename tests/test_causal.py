@@ -135,8 +135,7 @@ def test_next_row_surprise_is_the_negative_log_likelihood_from_the_row_before(ca
 def test_a_row_scores_the_same_alone_or_inside_a_longer_window(causal_run, fraud_cards):
     run, _ = causal_run
     model = load_run(run, heads=True).model
-    offsets = torch.tensor(fraud_cards.tokenizer.field_offsets)
-    step = next_row_step(model, offsets)
+    step = next_row_step(model)
     with torch.inference_mode():
         longer = step(window(fraud_cards, 0, fraud_cards.seq_len), None)[0]
         for length in range(2, fraud_cards.seq_len):

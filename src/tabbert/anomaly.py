@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from tabbert.atomic import atomic_path
 from tabbert.data.prepared import PreparedDataset
-from tabbert.data.tokenizer import MASK_ID, PAD_ID, TabularTokenizer
+from tabbert.data.tokenizer import PAD_ID, TabularTokenizer
 from tabbert.data.windows import SPLITS, first_rows
 from tabbert.errors import TabbertError
+from tabbert.models.surprise import masked_row_surprise, next_row_surprise
 from tabbert.models.tabbert import TabBertForMaskedFieldModeling
 from tabbert.runs import Run, check_compatible, choose_device, forward_batches, load_run, padded_histories
 
@@ -53,23 +53,13 @@ SURPRISE_BATCH_SIZE = 512
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".csv")
 
 
-def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.Tensor, *, embeddings: bool = False):
+def masked_row_step(model: TabBertForMaskedFieldModeling, *, embeddings: bool = False):
     """The step that gives ``[b, F]`` per-field surprise of the newest row of each history; with
     ``embeddings``, followed by the encoder's output at that masked row ``[b, hidden]`` (what the
     model expects of the row from the history alone)."""
-    flat = model.config.flat
 
     def step(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        truth = input_ids[:, -1, :] - field_offsets  # field-local ids of the newest row
-        masked = input_ids.clone()
-        masked[:, -1, :] = MASK_ID
-        encoded = model.tabbert(masked, attention_mask=attention_mask)
-        states = encoded.token_hidden_states[:, -1:] if flat else encoded.last_hidden_state[:, -1:]
-        logits = model.heads(states)
-        surprise = torch.stack([
-            -F.log_softmax(field_logits[:, 0].float(), dim=-1).gather(1, truth[:, field:field + 1]).squeeze(1)
-            for field, field_logits in enumerate(logits)
-        ], dim=1)
+        surprise, encoded = masked_row_surprise(model.tabbert, model.heads, input_ids, attention_mask)
         if not embeddings:
             return surprise
         return torch.cat([surprise, encoded.last_hidden_state[:, -1].float()], dim=1)
@@ -77,19 +67,14 @@ def masked_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.T
     return step
 
 
-def next_row_step(model: TabBertForMaskedFieldModeling, field_offsets: torch.Tensor, *, embeddings: bool = False):
+def next_row_step(model: TabBertForMaskedFieldModeling, *, embeddings: bool = False):
     """The step that gives ``[b, L - 1, F]`` per-field surprise of rows 1 .. L-1 of each window of a
     causal model, each from the heads at the row before it; with ``embeddings``, followed by the
     encoder's output at that row before ``[b, L - 1, hidden]``. Padding rows' values are meaningless."""
 
     def step(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        states = model.tabbert(input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-        truth = (input_ids[:, 1:] - field_offsets).clamp(min=0)  # padding rows give negative ids
-        surprise = torch.stack([
-            -F.log_softmax(field_logits.float(), dim=-1).gather(2, truth[..., field:field + 1]).squeeze(2)
-            for field, field_logits in enumerate(model.heads(states))
-        ], dim=2)
-        return torch.cat([surprise, states.float()], dim=2) if embeddings else surprise
+        surprise, states = next_row_surprise(model.tabbert, model.heads, input_ids, attention_mask)
+        return torch.cat([surprise, states[:, :-1].float()], dim=2) if embeddings else surprise
 
     return step
 
@@ -137,26 +122,26 @@ def _window_gather(table: TokenRows, starts: np.ndarray, ends: np.ndarray, conte
     return gather
 
 
-def _score_masked_rows(model, table: TokenRows, rows: np.ndarray, context: int, offsets: torch.Tensor,
-                       out: np.ndarray, **settings) -> int:
+def _score_masked_rows(model, table: TokenRows, rows: np.ndarray, context: int, out: np.ndarray,
+                       **settings) -> int:
     """Write the per-field masked-row surprise (then embeddings) of ``rows`` into ``out[rows]``, one
     forward per row; returns the number of forwards."""
     histories = padded_histories(table.tokens, first_rows(table.entity_offsets), context, rows)
-    outputs = forward_batches(masked_row_step(model, offsets, embeddings=settings.pop("embeddings")), rows.size,
+    outputs = forward_batches(masked_row_step(model, embeddings=settings.pop("embeddings")), rows.size,
                               histories, **settings)
     out[rows] = torch.cat([output.cpu() for output in outputs]).numpy()
     return int(rows.size)
 
 
-def _score_next_rows(model, table: TokenRows, rows: np.ndarray, context: int, offsets: torch.Tensor,
-                     out: np.ndarray, **settings) -> int:
+def _score_next_rows(model, table: TokenRows, rows: np.ndarray, context: int, out: np.ndarray,
+                     **settings) -> int:
     """Write the per-field next-row surprise (then embeddings) of ``rows`` into ``out[rows]``, one
     forward per window; returns the number of windows."""
     wanted = np.zeros(table.n_rows, dtype=bool)
     wanted[rows] = True
     starts, ends = next_row_windows(table.entity_offsets, wanted, context)
     batch_size = settings["batch_size"]
-    outputs = forward_batches(next_row_step(model, offsets, embeddings=settings.pop("embeddings")), starts.size,
+    outputs = forward_batches(next_row_step(model, embeddings=settings.pop("embeddings")), starts.size,
                               _window_gather(table, starts, ends, context), **settings)
     for begin, output in zip(range(0, starts.size, batch_size), outputs):
         targets = starts[begin:begin + batch_size, None] + np.arange(1, context)
@@ -179,9 +164,8 @@ def _score(models: list, table: TokenRows, rows_of_model: list[np.ndarray], shar
         if rows.size == 0:
             continue
         model.to(device).eval()
-        offsets = torch.as_tensor(model.config.field_offsets, dtype=torch.long, device=device)
         score = _score_next_rows if model.config.causal else _score_masked_rows
-        forwards += score(model, table, rows, context, offsets, outputs, device=device, progress=progress,
+        forwards += score(model, table, rows, context, outputs, device=device, progress=progress,
                           description=f"surprise (model {k + 1}/{len(models)})", **settings)
         total += outputs[shared]
     outputs[shared] = total / len(models)

@@ -355,6 +355,10 @@ class FinetuneOptions(Options):
                        help="with --encoder raw: embedding and row widths of that model size")
     unfreeze: bool = option(False, group="model", help="train the pre-trained encoder too, at --encoder-lr "
                             "decayed by --layer-decay per layer below the top (default: frozen)")
+    surprise_input: bool = option(False, group="model",
+                                  help="the head also reads each row's surprise under the pre-training run's "
+                                  "field heads, given the rows before it (a causal run: every row; a masked "
+                                  "run: the newest row, masked whole, in a second forward)")
     points: str | None = option(None, choices=POINT_KINDS, group="task",
                                 help="prediction points: every row scored from its history (default for "
                                 "classification), or the newest rows of the stride windows (the paper; default "
@@ -416,6 +420,8 @@ class FinetuneOptions(Options):
                 raise TabbertError(f"{name} is a share, at most 1; got {getattr(self, name)}")
         if self.encoder == "raw" and self.pretrained is not None:
             raise TabbertError("--encoder raw trains field embeddings from scratch and takes no --pretrained")
+        if self.encoder == "raw" and self.surprise_input:
+            raise TabbertError("--surprise-input reads a pre-training run's field heads; --encoder raw has none")
         if self.pretrained is not None:
             object.__setattr__(self, "pretrained", str(self.pretrained))
 

@@ -48,7 +48,8 @@ from tabbert.data.tokenizer import TabularTokenizer
 from tabbert.errors import ArtifactError
 from tabbert.integrity import record_weights_digest
 from tabbert.models.configuration import TabBertConfig
-from tabbert.models.tabbert import TabBertModel, TabBertPreTrainedModel
+from tabbert.models.surprise import RowsWithSurprise
+from tabbert.models.tabbert import TabBertForMaskedFieldModeling, TabBertModel, TabBertPreTrainedModel
 from tabbert.options import ENCODERS, LOSSES, TASKS
 
 _NOT_INHERITED = ("model_type", "transformers_version", "architectures", "_name_or_path")
@@ -66,11 +67,12 @@ def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor | None) -> to
 
 
 class LSTMHead(nn.Module):
-    """An LSTM (hidden → hidden) over the rows and a linear layer on its last real row."""
+    """An LSTM (row vectors of ``input_size``, by default ``hidden``, → hidden) over the rows and a
+    linear layer on its last real row."""
 
-    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1):
+    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1, input_size: int | None = None):
         super().__init__()
-        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.lstm = nn.LSTM(input_size or hidden, hidden, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden, num_outputs)
 
@@ -89,11 +91,11 @@ class LSTMHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """A two-layer perceptron on the mean of the real rows' vectors."""
+    """A two-layer perceptron on the mean of the real rows' vectors (``input_size``, by default ``hidden``)."""
 
-    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1):
+    def __init__(self, hidden: int, num_outputs: int, dropout: float = 0.1, input_size: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(input_size or hidden, hidden)
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden, num_outputs)
@@ -119,6 +121,8 @@ class TabBertClassifierConfig(TabBertConfig):
         task: ``classification`` or ``regression``.
         num_outputs: head outputs: 2 classes, or the number of regression values per window.
         freeze_encoder: keep the encoder's weights fixed and its dropout off.
+        surprise_input: the head also reads each row's surprise under the pre-trained field heads
+            (:class:`~tabbert.models.surprise.RowsWithSurprise`).
         head_dropout: dropout before the head's output layer.
         loss: see the module docstring; defaults to ``ce`` or ``mse`` by task.
         class_weights: per-class weights of the classification loss, or None.
@@ -139,6 +143,7 @@ class TabBertClassifierConfig(TabBertConfig):
         task: str = "classification",
         num_outputs: int = 2,
         freeze_encoder: bool = True,
+        surprise_input: bool = False,
         head_dropout: float = 0.1,
         loss: str | None = None,
         class_weights: Sequence[float] | None = None,
@@ -157,6 +162,7 @@ class TabBertClassifierConfig(TabBertConfig):
         self.task = task
         self.num_outputs = int(num_outputs)
         self.freeze_encoder = bool(freeze_encoder)
+        self.surprise_input = bool(surprise_input)
         self.head_dropout = head_dropout
         self.loss = loss or LOSSES.get(task, ("ce",))[0]
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
@@ -177,6 +183,11 @@ class TabBertClassifierConfig(TabBertConfig):
         inherited = {k: v for k, v in encoder_config.to_dict().items() if k not in _NOT_INHERITED}
         return cls(**inherited, **settings)
 
+    @property
+    def head_input_size(self) -> int:
+        """Width of the vector the head reads per row: the encoder's, and one surprise per field."""
+        return self.hidden_size + (self.n_fields if self.surprise_input else 0)
+
     def _validate_head(self) -> None:
         checks = (
             ("encoder_kind", self.encoder_kind, ENCODERS),
@@ -189,6 +200,8 @@ class TabBertClassifierConfig(TabBertConfig):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.encoder_kind == "raw" and self.freeze_encoder:
             raise ValueError("a raw encoder is trained from scratch and cannot be frozen")
+        if self.encoder_kind == "raw" and self.surprise_input:
+            raise ValueError("surprise comes from pre-trained field heads; a raw encoder has none")
         if self.task == "regression":
             n_targets = len(self.target_names)
             if not n_targets or len(self.target_mean) != n_targets or len(self.target_std) != n_targets:
@@ -214,7 +227,8 @@ class SequenceHeadModel(TabBertPreTrainedModel):
         if config.encoder_kind != self.encoder_kind:
             raise ValueError(f"{type(self).__name__} has a {self.encoder_kind} encoder, not {config.encoder_kind}")
         self.encoder = self.build_encoder(config)
-        self.head = HEADS[config.head](config.hidden_size, config.num_outputs, config.head_dropout)
+        self.head = HEADS[config.head](config.hidden_size, config.num_outputs, config.head_dropout,
+                                       input_size=config.head_input_size)
         self.post_init()
         self.encoder.requires_grad_(not config.freeze_encoder)
 
@@ -273,17 +287,22 @@ class SequenceHeadModel(TabBertPreTrainedModel):
 
 
 class TabBertForSequenceClassification(SequenceHeadModel):
-    """A head on a pre-trained TabBERT encoder (frozen unless ``freeze_encoder=False``)."""
+    """A head on a pre-trained TabBERT encoder (frozen unless ``freeze_encoder=False``); with
+    ``surprise_input``, on the encoder with its field heads."""
 
     encoder_kind = "pretrained"
 
-    def build_encoder(self, config: TabBertClassifierConfig) -> TabBertModel:
-        return TabBertModel(config)
+    def build_encoder(self, config: TabBertClassifierConfig) -> TabBertModel | RowsWithSurprise:
+        return RowsWithSurprise(config) if config.surprise_input else TabBertModel(config)
 
     @classmethod
-    def from_encoder(cls, encoder: TabBertModel, **settings) -> TabBertForSequenceClassification:
-        """A new model around the weights of a pre-trained ``encoder``."""
+    def from_encoder(cls, encoder: TabBertModel | TabBertForMaskedFieldModeling,
+                     **settings) -> TabBertForSequenceClassification:
+        """A new model around the weights of a pre-trained ``encoder`` (the pre-training model with
+        its field heads, for ``surprise_input``)."""
         config = TabBertClassifierConfig.from_encoder_config(encoder.config, encoder_kind=cls.encoder_kind, **settings)
+        if config.surprise_input and not isinstance(encoder, TabBertForMaskedFieldModeling):
+            raise ValueError("surprise_input needs the pre-training model with its field heads, not the bare encoder")
         model = cls(config)
         model.encoder.load_state_dict(encoder.state_dict())
         return model

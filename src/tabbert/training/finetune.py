@@ -48,6 +48,7 @@ Run directory
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -203,13 +204,14 @@ def build_model(data: PreparedDataset, train: PointSplit, options: FinetuneOptio
     if options.encoder == "raw":
         return RawFieldsForSequenceClassification.for_tokenizer(tokenizer, options.size, seq_len=context,
                                                                 **settings)
-    pretrained = load_run(options.pretrained, expect="encoder")
+    pretrained = load_run(options.pretrained, expect="encoder", heads=options.surprise_input)
     check_compatible(pretrained, data)
     if context > pretrained.config.max_rows:
         raise TabbertError(f"--context {context} exceeds the {pretrained.config.max_rows} rows the pre-trained "
                            f"encoder {options.pretrained} reads; pre-train on longer windows (--seq-len)")
     model = TabBertForSequenceClassification.from_encoder(pretrained.model, freeze_encoder=not options.unfreeze,
-                                                          seq_len=context, **settings)
+                                                          surprise_input=options.surprise_input, seq_len=context,
+                                                          **settings)
     model.config.schema_fingerprint = model.config.schema_fingerprint or tokenizer.fingerprint()
     return model
 
@@ -402,7 +404,8 @@ def parameter_groups(model: SequenceHeadModel, *, lr: float, encoder_lr: float, 
     """AdamW groups: the head at ``lr``, the encoder at ``encoder_lr``, no decay on biases and norm
     weights. With ``layer_decay``, the row BERT's top layer learns at ``encoder_lr`` and each layer
     below at ``layer_decay`` times the one above; what lies below the row BERT (field embeddings and
-    the field transformer) learns at the rate under its bottom layer."""
+    the field transformer), and the pre-trained field heads of a ``surprise_input`` model, learn at
+    the rate under its bottom layer."""
     depth_below_top = _depth_below_top(model.config.num_hidden_layers) if layer_decay else None
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
@@ -419,12 +422,11 @@ def parameter_groups(model: SequenceHeadModel, *, lr: float, encoder_lr: float, 
 
 def _depth_below_top(n_layers: int) -> Callable[[str], int]:
     """A parameter name's number of row-BERT layers above it (0: the top layer)."""
-    prefix = "encoder.bert.encoder.layer."
+    layer = re.compile(r"encoder\.(?:tabbert\.)?bert\.encoder\.layer\.(\d+)\.")
 
     def depth(name: str) -> int:
-        if name.startswith(prefix):
-            return n_layers - 1 - int(name[len(prefix):].split(".", 1)[0])
-        return n_layers
+        found = layer.match(name)
+        return n_layers - 1 - int(found.group(1)) if found else n_layers
 
     return depth
 
@@ -452,7 +454,7 @@ def cache_encoder_outputs(model: SequenceHeadModel, data: PreparedDataset, split
                           progress: bool = False) -> None:
     """Store the frozen encoder's outputs of every point of ``split`` (when they fit the budget)."""
     config = model.config
-    size = len(split.ends) * config.seq_len * config.hidden_size * 4
+    size = len(split.ends) * config.seq_len * config.head_input_size * 4
     if not config.freeze_encoder or size > FROZEN_CACHE_BYTES:
         return
     model.encoder.eval()

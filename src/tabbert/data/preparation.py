@@ -208,6 +208,20 @@ class _Ordered(NamedTuple):
         return time_feature(name, self.rows.times, self.rows.entity_offsets)
 
 
+def _some_windows(entities: list, entity_offsets: np.ndarray, seq_len: int,
+                  stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`window_starts`, refused when every entity is shorter than a window."""
+    starts, window_entity = window_starts(entity_offsets, seq_len, stride)
+    if starts.size == 0:
+        lengths = np.diff(entity_offsets)
+        longest = int(lengths.argmax())
+        raise TabbertError(
+            f"--seq-len {seq_len} is longer than every entity (the longest, {entities[longest]!r}, has "
+            f"{lengths[longest]} rows), so there are no windows; use --seq-len {lengths[longest]} or less"
+        )
+    return starts, window_entity
+
+
 def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split, fractions, cutoffs, seed,
                    threads: int = FIT_THREADS, fitted: TabularTokenizer | None = None) -> dict:
     """Hand every part of the dataset to ``writer`` as soon as it is computed; return the metadata.
@@ -223,13 +237,7 @@ def _prepare_table(table: Table, writer: PreparedWriter, seq_len, stride, split,
     writer.add_array("entity_offsets", entity_offsets)
     writer.add_json("entities", entities)
     lengths = np.diff(entity_offsets)
-    starts, window_entity = window_starts(entity_offsets, seq_len, stride)
-    if starts.size == 0:
-        longest = int(lengths.argmax())
-        raise TabbertError(
-            f"--seq-len {seq_len} is longer than every entity (the longest, {entities[longest]!r}, has "
-            f"{lengths[longest]} rows), so there are no windows; use --seq-len {lengths[longest]} or less"
-        )
+    starts, window_entity = _some_windows(entities, entity_offsets, seq_len, stride)
 
     splits = _assign_splits(frame, runs, starts.size, window_entity, split, fractions, cutoffs, seed)
     writer.add_json("splits", splits.members)

@@ -391,6 +391,21 @@ def _training_arguments(out: Path, options: PretrainOptions, *, evaluate: bool) 
     )
 
 
+def _open_run_dir(out: Path, settings: dict, config: TabBertConfig, args: TrainingArguments, *,
+                  resume: bool) -> tuple[Path | None, dict]:
+    """Check the run directory (every process, before the main one writes into it), record the run's
+    settings, and return the checkpoint to resume from (or None) and its trainer state."""
+    prepare_run_dir(out, settings, resume)
+    args.distributed_state.wait_for_everyone()
+    checkpoint = resume_checkpoint(out / "checkpoints", remove_incomplete=args.process_index == 0)
+    resumed = {} if checkpoint is None else json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    args.distributed_state.wait_for_everyone()
+    if args.process_index == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
+    return checkpoint, resumed
+
+
 def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions | None = None, *,
              callbacks: Sequence[TrainerCallback] = (), **settings) -> dict:
     """Pre-train TabBERT on the prepared dataset ``data_dir``; write the run to ``out_dir``.
@@ -423,15 +438,7 @@ def pretrain(data_dir: str | Path, out_dir: str | Path, options: PretrainOptions
     steps_per_epoch = math.ceil(len(train) / (options.batch_size * args.world_size))
     total_steps = options.max_steps if options.max_steps > 0 else math.ceil(options.epochs * steps_per_epoch)
     args.logging_steps = max(1, total_steps // 100)
-    # every process inspects the run directory before the main process writes into it
-    prepare_run_dir(out, settings, options.resume)
-    args.distributed_state.wait_for_everyone()
-    checkpoint = resume_checkpoint(out / "checkpoints", remove_incomplete=args.process_index == 0)
-    resumed = {} if checkpoint is None else json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-    args.distributed_state.wait_for_everyone()
-    if args.process_index == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run.json", {"settings": settings, "config": config.to_dict()})
+    checkpoint, resumed = _open_run_dir(out, settings, config, args, resume=options.resume)
 
     set_seed(options.seed)
     trainer = _trainer(config, options, args, data, train, val,
